@@ -1,0 +1,462 @@
+"""Checkpoint files: write atomically with an embedded checksum, verify, load, find, lock.
+
+A checkpoint is an ordinary `torch.save` zip archive, so plain `torch.load(path)` reads it. The
+archive's comment (the zip format's own field at the very end of the file) holds
+`sha256:<64 hex digits>`, the digest of every byte before the comment. One file, one rename:
+there is no moment at which a checkpoint and its checksum disagree.
+
+Nothing here prints; callers decide what to tell the user.
+"""
+
+import errno
+import fcntl
+import hashlib
+import os
+import pickle
+import random
+import re
+import shutil
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = (
+    "epoch", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
+    "best_val_loss", "val_loss", "config", "train_loss", "history", "args", "timestamp",
+    "global_step", "step_in_epoch", "rng_state", "format_version",
+)
+
+_CHECKSUM_PREFIX = b"sha256:"
+_COMMENT_LENGTH = len(_CHECKSUM_PREFIX) + 64
+_END_RECORD = b"PK\x05\x06"   # zip "end of central directory" record, 22 bytes + comment
+_END_RECORD_SIZE = 22
+_CHUNK = 8 << 20
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; str() is a one-line reason."""
+
+
+class RunLockedError(Exception):
+    """Another live process holds the run's lock; str() names it."""
+
+
+# --------------------------------------------------------------------------------------------
+# The files of a run
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Names of everything a run keeps in its folder, for `--name NAME` in `--checkpoint-dir`."""
+    directory: Path
+    name: str
+
+    SUFFIXES = r"latest\.pt|best\.pt|epoch\d+\.pt|progress\.json|status\.txt|samples\.fasta"
+
+    @property
+    def latest(self):
+        return self.directory / f"{self.name}_latest.pt"
+
+    @property
+    def best(self):
+        return self.directory / f"{self.name}_best.pt"
+
+    def epoch(self, n):
+        return self.directory / f"{self.name}_epoch{n}.pt"
+
+    @property
+    def progress(self):
+        return self.directory / f"{self.name}_progress.json"
+
+    @property
+    def status(self):
+        return self.directory / f"{self.name}_status.txt"
+
+    @property
+    def samples(self):
+        return self.directory / f"{self.name}_samples.fasta"
+
+    @property
+    def lock(self):
+        return self.directory / f".{self.name}.lock"
+
+    def _matching(self, pattern):
+        regex = re.compile(pattern)
+        try:
+            return sorted(p for p in self.directory.iterdir() if regex.fullmatch(p.name))
+        except FileNotFoundError:
+            return []
+
+    def existing(self):
+        """Every file of this run (never another run's, even one whose name starts alike)."""
+        return self._matching(rf"{re.escape(self.name)}_({self.SUFFIXES})")
+
+    def epoch_files(self):
+        """[(epoch, path)] of the numbered checkpoints present, oldest first."""
+        regex = re.compile(rf"{re.escape(self.name)}_epoch(\d+)\.pt")
+        found = [(int(regex.fullmatch(p.name).group(1)), p)
+                 for p in self._matching(regex.pattern)]
+        return sorted(found)
+
+    def stale_temp_files(self):
+        """Temporary files left by a writer of this run that died mid-save."""
+        return self._matching(rf"\.{re.escape(self.name)}_({self.SUFFIXES})\.tmp-\d+")
+
+    def resume_candidates(self):
+        """Checkpoints to try, newest first: latest, numbered epochs high to low, best."""
+        paths = [self.latest] + [p for _, p in reversed(self.epoch_files())] + [self.best]
+        return [p for p in paths if p.exists()]
+
+
+def _temp_path(path):
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+
+def fsync_directory(directory):
+    """Make renames inside `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write(path, write):
+    """Create or replace `path` whole or not at all: `write(f)` fills a temporary file in the
+    same folder, which is flushed, fsynced and renamed over `path`, then the folder is fsynced.
+
+    On any error the temporary file is removed, `path` is untouched and the error is raised.
+    """
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_directory(path.parent)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def write_text(path, text):
+    """Atomically replace a small text file (progress, status, samples)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _seal(f):
+    """Append the checksum to the torch zip archive just written to `f`, as its comment."""
+    f.flush()
+    size = f.seek(0, os.SEEK_END)
+    f.seek(size - _END_RECORD_SIZE)
+    end = f.read(_END_RECORD_SIZE)
+    if end[:4] != _END_RECORD or end[20:22] != b"\0\0":
+        raise RuntimeError("torch.save did not end its archive with a plain end record")
+    f.seek(size - 2)
+    f.write(struct.pack("<H", _COMMENT_LENGTH))
+    f.flush()
+    f.seek(0)
+    digest = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        digest.update(chunk)
+    f.write(_CHECKSUM_PREFIX + digest.hexdigest().encode())
+
+
+class _RecordingWriter:
+    """torch.save turns a failed write into an opaque RuntimeError ("unexpected pos ..."); this
+    wrapper keeps the real OSError (ENOSPC, EIO, ...) so the caller can report its cause."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def _publish_copy(source, path):
+    """Give the file `source` a second name `path`, atomically: a hard link costs no bytes;
+    file systems without hard links get a copy."""
+    tmp = _temp_path(path)
+    _remove_quietly(tmp)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP,
+                               errno.EOPNOTSUPP):
+                raise
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def save_checkpoint(state, path, also=()):
+    """Write `state` once, sealed with its checksum, and publish it as `path` and as each
+    path in `also` (numbered epoch file, best).
+
+    The extra names are published before `path`, so `path` (the run's latest) is never newer
+    than a file that a crash could leave unwritten. On error no temporary file remains, and
+    every name either holds its previous complete file or the new one.
+    """
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "w+b") as f:
+            writer = _RecordingWriter(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
+            _seal(f)
+            f.flush()
+            os.fsync(f.fileno())
+        for extra in also:
+            _publish_copy(tmp, Path(extra))
+        os.replace(tmp, path)
+        fsync_directory(path.parent)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Verify and load
+# --------------------------------------------------------------------------------------------
+
+def verify_checksum(path):
+    """Check the embedded checksum against the file's bytes without unpickling anything.
+
+    Raises:
+        CheckpointError: missing, empty, truncated, foreign or damaged file, with the reason.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                raise CheckpointError("empty file (0 bytes)")
+            f.seek(0)
+            head = f.read(4)
+            tail_size = _END_RECORD_SIZE + _COMMENT_LENGTH
+            f.seek(max(0, size - tail_size))
+            tail = f.read(tail_size)
+            sealed = (len(tail) == tail_size and tail[:4] == _END_RECORD
+                      and struct.unpack("<H", tail[20:22])[0] == _COMMENT_LENGTH
+                      and tail[_END_RECORD_SIZE:].startswith(_CHECKSUM_PREFIX))
+            if not sealed:
+                if head == b"PK\x03\x04":
+                    raise CheckpointError(
+                        f"truncated or not written by this tool ({size} bytes; the zip archive "
+                        "has no checksum record at its end)")
+                if head[:1] == b"\x80":
+                    raise CheckpointError("a raw pickle, not a checkpoint (refused without "
+                                          "unpickling it)")
+                raise CheckpointError(f"not a checkpoint (unknown format, {size} bytes)")
+            expected = tail[_END_RECORD_SIZE + len(_CHECKSUM_PREFIX):].decode("ascii", "replace")
+            digest = hashlib.sha256()
+            f.seek(0)
+            remaining = size - _COMMENT_LENGTH
+            while remaining:
+                chunk = f.read(min(_CHUNK, remaining))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                remaining -= len(chunk)
+            if digest.hexdigest() != expected:
+                raise CheckpointError("checksum mismatch: the file was damaged after it was "
+                                      "written")
+    except FileNotFoundError:
+        raise CheckpointError("no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError("is a directory, not a file") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read it: {e.strerror}") from None
+
+
+def load_checkpoint(path):
+    """Verify and load a checkpoint onto the CPU (memory-mapped: no second copy of the state).
+
+    Only tensors and plain Python values are unpickled (`weights_only=True`): a file that
+    holds anything else is refused, never executed.
+
+    Raises:
+        CheckpointError: with a one-line reason.
+    """
+    verify_checksum(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:   # torch raises many kinds; each means "not loadable"
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError):
+            raise CheckpointError("holds objects other than tensors and plain values "
+                                  "(refused, nothing was executed)") from None
+        raise CheckpointError(f"cannot be loaded: {first_line[:200]}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"not a training checkpoint (a {type(state).__name__}, not a dict)")
+    version = state.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CheckpointError(f"format_version {version} is newer than this tool reads "
+                              f"({FORMAT_VERSION}); update the tool")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"not a training checkpoint of this tool: missing "
+                              f"{', '.join(missing)}")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"format_version {version!r} is not one this tool reads "
+                              f"({FORMAT_VERSION})")
+    return state
+
+
+def find_resume_checkpoint(run):
+    """The newest checkpoint of `run` that verifies and loads.
+
+    Returns:
+        (state, path, skipped): state and path are None when no candidate is usable;
+        skipped lists (path, reason) for each candidate that was passed over.
+    """
+    skipped = []
+    for path in run.resume_candidates():
+        try:
+            return load_checkpoint(path), path, skipped
+        except CheckpointError as e:
+            skipped.append((path, str(e)))
+    return None, None, skipped
+
+
+def read_progress(path):
+    """(epoch, global_step) recorded in a checkpoint, reading no tensor data, or None if the
+    file cannot be read. Used only to compare files, never to resume from."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"]), int(state["global_step"])
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Random number generator state
+# --------------------------------------------------------------------------------------------
+
+def capture_rng_state():
+    """Every RNG a training step can draw from, as tensors and plain values."""
+    _, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]) + [random.getstate()[2]],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state):
+    """Restore what `capture_rng_state` saved. CUDA states are restored only when the same
+    number of devices is present (a CPU checkpoint on a GPU machine keeps fresh CUDA seeds)."""
+    python = state["python"]
+    random.setstate((3, tuple(python[:-1]), python[-1]))
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------
+# One writer per run, and moving files aside
+# --------------------------------------------------------------------------------------------
+
+class RunLock:
+    """An exclusive `flock` on the run's lock file. The kernel drops it when the process dies,
+    however it dies, so a SIGKILLed run never blocks the next start."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.fd = None
+
+    def acquire(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLockedError(holder) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_holder(path):
+    """Who holds the lock at `path` ("process PID on HOST"), or None if nobody does."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
+
+
+def move_aside(run, paths):
+    """Move `paths` into a new dated folder `NAME_old_YYYYmmdd-HHMMSS` beside them.
+
+    Returns:
+        The folder's path.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = run.directory / f"{run.name}_old_{stamp}"
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = run.directory / f"{run.name}_old_{stamp}-{n}"
+    folder.mkdir()
+    for path in paths:
+        os.rename(path, folder / Path(path).name)
+    fsync_directory(folder)
+    fsync_directory(run.directory)
+    return folder

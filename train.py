@@ -1,0 +1,840 @@
+"""Train the antibody transformer or the DNA transport GNN, with checkpoints that lose nothing.
+
+    python train.py                  # tiny transformer on the built-in antibody set
+    python train.py --model gnn      # DNA transport GNN on built-in tight-binding data
+
+Rerunning the same command resumes the run where it stopped. README.md has every flag.
+"""
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import checkpoint as ckpt
+import data
+import metrics
+import models
+import report
+
+EXIT_OK, EXIT_SAVE_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+FAMILY_DEFAULTS = {
+    "transformer": {"num_samples": 2000, "epochs": 5, "batch_size": 32, "lr": 1e-3,
+                    "warmup_steps": 50},
+    "gnn": {"num_samples": 2000, "epochs": 20, "batch_size": 64, "lr": 1e-3,
+            "warmup_steps": 50},
+}
+COMMON_DEFAULTS = {
+    "model": "transformer", "config": "tiny", "data": None, "val_fraction": 0.1, "seed": 0,
+    "weight_decay": 0.01, "grad_clip": 1.0, "lr_schedule": "constant", "device": "auto",
+    "eval_interval": 1, "eval_samples": 100, "name": None, "checkpoint_dir": "checkpoints",
+    "checkpoint_frequency": 1, "checkpoint_every_steps": 0, "checkpoint_every_minutes": 10.0,
+    "output_dir": None,
+}
+SETTINGS = tuple(COMMON_DEFAULTS) + ("num_samples", "epochs", "batch_size", "lr", "warmup_steps")
+# What makes a run this run: a resume that asks for different values is refused.
+RUN_IDENTITY = ("model", "config", "data", "num_samples", "val_fraction", "seed",
+                "lr_schedule", "warmup_steps")
+# What an explicit flag may change on resume, with a notice.
+OVERRIDABLE = ("lr", "weight_decay", "grad_clip")
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "validity", "diversity", "lr")
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line on stderr, exit code 2, nothing written."""
+
+
+class Diverged(Exception):
+    """A non-finite loss or parameter: exit code 3, nothing saved."""
+
+
+def say(message):
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def warn(message):
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser():
+    p = _Parser(
+        prog="train.py", allow_abbrev=False,
+        description="Train the antibody transformer or the DNA transport GNN. Rerunning the "
+                    "same command resumes the run where it stopped; Ctrl+C, SIGTERM and SIGUSR1 "
+                    "save before exiting.",
+        epilog="Exit codes: 0 done or nothing to do, 1 a checkpoint that had to be written at "
+               "exit could not be, 2 bad input, 3 diverged, 128+N stopped by signal N after "
+               "saving.")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=models.MODEL_FAMILIES,
+                   help="model family (default transformer)")
+    g.add_argument("--config", choices=models.CONFIG_NAMES,
+                   help="size from the table in models.py (default tiny)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH",
+                   help="antibody FASTA/CSV/TXT, or DNA CSV with a 'sequence' column "
+                        "(default: built-in data generated from --seed)")
+    g.add_argument("--num-samples", "--num_samples", type=int, metavar="N",
+                   help="size of the built-in data set (default 2000)")
+    g.add_argument("--val-fraction", "--val_fraction", type=float, metavar="F",
+                   help="share of the data held out for validation (default 0.1)")
+    g.add_argument("--seed", type=int, help="seed for data, split, order and init (default 0)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", "--num-epochs", "--num_epochs", type=int, metavar="N",
+                   dest="epochs", help="TOTAL epochs of the run, counting those already done "
+                                       "(default 5 transformer, 20 gnn)")
+    g.add_argument("--batch-size", "--batch_size", type=int, metavar="N",
+                   help="samples per step (default 32 transformer, 64 gnn); may change on resume")
+    g.add_argument("--lr", type=float, help="peak learning rate (default 1e-3); on resume it "
+                                            "overrides the checkpoint's")
+    g.add_argument("--weight-decay", "--weight_decay", type=float, metavar="W",
+                   help="AdamW weight decay (default 0.01)")
+    g.add_argument("--grad-clip", "--grad_clip", type=float, metavar="G",
+                   help="clip the gradient norm to G, 0 for no clipping (default 1.0)")
+    g.add_argument("--warmup-steps", "--warmup_steps", type=int, metavar="N",
+                   help="linear learning-rate warmup (default 50)")
+    g.add_argument("--lr-schedule", "--lr_schedule", choices=("constant", "cosine"),
+                   help="after warmup: constant, or cosine decay to 10%% over the --epochs set "
+                        "when the run started (default constant)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto); may change on "
+                                    "resume")
+    g.add_argument("--eval-interval", "--eval_interval", type=int, metavar="N",
+                   help="sampled-sequence metrics every N epochs and at the last "
+                        "(default 1); validation loss is computed every epoch")
+    g.add_argument("--eval-samples", "--eval_samples", type=int, metavar="N",
+                   help="sequences sampled for validity and diversity (default 100)")
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--name", help="run name (default <model>_<config>)")
+    g.add_argument("--checkpoint-dir", "--checkpoint_dir", metavar="DIR",
+                   help="folder of the run's files (default ./checkpoints)")
+    g.add_argument("--checkpoint-frequency", "--checkpoint_frequency", type=int, metavar="N",
+                   help="keep a numbered NAME_epochN.pt every N epochs (default 1); latest is "
+                        "written every epoch")
+    g.add_argument("--checkpoint-every-steps", "--checkpoint_every_steps", type=int,
+                   metavar="N", help="also refresh latest every N steps inside an epoch "
+                                     "(default 0: off)")
+    g.add_argument("--checkpoint-every-minutes", "--checkpoint_every_minutes", type=float,
+                   metavar="M", help="also refresh latest every M minutes inside an epoch "
+                                     "(default 10; 0: off)")
+    g.add_argument("--resume-from", "--resume_from", metavar="PATH",
+                   help="resume from this checkpoint (refused if it is bad; no fallback)")
+    g.add_argument("--fresh", action="store_true",
+                   help="start over: move the run's files into a dated folder first")
+    g.add_argument("--output-dir", "--output_dir", metavar="DIR",
+                   help="folder for sampled sequences (default: the checkpoint folder)")
+    return p
+
+
+def _check(condition, message):
+    if not condition:
+        raise UsageError(message)
+
+
+def validate(explicit):
+    """Range checks on the flags given; errors name the flag."""
+    positive = ("num_samples", "epochs", "batch_size", "checkpoint_frequency",
+                "eval_interval", "eval_samples")
+    for key in positive:
+        if key in explicit:
+            _check(explicit[key] > 0, f"--{key.replace('_', '-')} must be a positive integer "
+                                      f"(got {explicit[key]})")
+    for key in ("checkpoint_every_steps", "warmup_steps"):
+        if key in explicit:
+            _check(explicit[key] >= 0, f"--{key.replace('_', '-')} must be 0 or more "
+                                       f"(got {explicit[key]})")
+    for key in ("weight_decay", "grad_clip", "checkpoint_every_minutes"):
+        if key in explicit:
+            _check(math.isfinite(explicit[key]) and explicit[key] >= 0,
+                   f"--{key.replace('_', '-')} must be 0 or more (got {explicit[key]})")
+    if "lr" in explicit:
+        _check(math.isfinite(explicit["lr"]) and explicit["lr"] > 0,
+               f"--lr must be a positive number (got {explicit['lr']})")
+    if "val_fraction" in explicit:
+        _check(0 < explicit["val_fraction"] < 1,
+               f"--val-fraction must be between 0 and 1 (got {explicit['val_fraction']})")
+    if "name" in explicit:
+        name = explicit["name"]
+        _check(name and all(c.isalnum() or c in "._-" for c in name) and not name.startswith("."),
+               f"--name must be letters, digits, '.', '_' or '-' (got {name!r})")
+    if explicit.get("fresh") and explicit.get("resume_from"):
+        raise UsageError("--fresh and --resume-from contradict each other: choose one")
+
+
+def resolve_device(name):
+    name = name or "auto"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})") from None
+    if device.type == "cuda":
+        _check(torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
+        _check(device.index is None or device.index < torch.cuda.device_count(),
+               f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    else:
+        _check(device.type == "cpu", f"--device must be auto, cpu, cuda or cuda:N (got {name!r})")
+    return device
+
+
+def check_writable_folder(folder, flag):
+    """Refuse a folder that cannot be created or written, before anything is written."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    _check(probe.is_dir(), f"{flag} {folder}: {probe} is not a folder")
+    _check(os.access(probe, os.W_OK | os.X_OK), f"{flag} {folder}: {probe} is not writable")
+    _check(not os.statvfs(probe).f_flag & os.ST_RDONLY,
+           f"{flag} {folder}: {probe} is on a read-only file system")
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: defaults, then the checkpoint's, then the flags given
+# --------------------------------------------------------------------------------------------
+
+def explicit_flags(namespace):
+    return {k: v for k, v in vars(namespace).items() if v is not None and v is not False}
+
+
+def merge_settings(explicit, saved):
+    model = explicit.get("model") or (saved or {}).get("model") or COMMON_DEFAULTS["model"]
+    settings = {**COMMON_DEFAULTS, **FAMILY_DEFAULTS[model]}
+    settings.update({k: v for k, v in (saved or {}).items() if k in SETTINGS})
+    settings.update({k: v for k, v in explicit.items() if k in SETTINGS})
+    if explicit.get("data"):
+        settings["data"] = os.path.abspath(explicit["data"])
+    return settings
+
+
+def identity_conflicts(explicit, saved, saved_config):
+    """Human-readable differences between the flags given and the checkpoint's run."""
+    conflicts = []
+    for key in RUN_IDENTITY:
+        if key not in explicit:
+            continue
+        wanted = os.path.abspath(explicit[key]) if key == "data" else explicit[key]
+        if saved.get(key) != wanted:
+            detail = ""
+            if key == "config" and saved_config.get("model") in models.CONFIGS:
+                asked = asdict(models.get_config(saved_config["model"], wanted))
+                differing = [f"{f} {saved_config.get(f)} vs {asked[f]}" for f in asked
+                             if f != "name" and saved_config.get(f) != asked[f]]
+                detail = f": {', '.join(differing)}" if differing else ""
+            conflicts.append(f"{key} (checkpoint {saved.get(key)!r}, requested {wanted!r}{detail})")
+    return conflicts
+
+
+# --------------------------------------------------------------------------------------------
+# Data and model
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Dataset:
+    data: object            # data.SequenceData or data.GraphData
+    train: torch.Tensor     # indices
+    val: torch.Tensor
+    fingerprint: str
+    energy_grid: np.ndarray | None = None
+
+
+def load_dataset(settings, config):
+    path = settings["data"]
+    if config.model == "transformer":
+        if path:
+            sequences, load_report = data.load_antibody_sequences(path, config.max_len - 2)
+            if load_report.summary(path):
+                warn(load_report.summary(path))
+        else:
+            sequences = data.synthetic_antibodies(settings["num_samples"], settings["seed"])
+        dataset, fingerprint, grid = (data.SequenceData(sequences, config.max_len),
+                                      data.fingerprint("antibody", sequences), None)
+    else:
+        grid = data.default_energy_grid(config.n_energies)
+        targets = None
+        if path:
+            duplexes, targets = data.load_duplexes(path, config.n_energies)
+        else:
+            duplexes = data.synthetic_duplexes(settings["num_samples"], settings["seed"])
+        # Spectra computed here are not part of the fingerprint: they depend on the machine's
+        # floating point library at the last bit, and a run may move between machines.
+        fingerprint = data.fingerprint("dna", duplexes,
+                                       None if targets is None else targets.tobytes())
+        if targets is None:
+            targets = data.log_spectra(duplexes, grid)
+        dataset = data.GraphData(duplexes, targets)
+    if len(dataset) < 2:
+        raise data.DataError(f"{path or 'built-in data'}: at least 2 samples are needed "
+                             f"(one to train, one to validate), got {len(dataset)}")
+    train_idx, val_idx = data.split_indices(len(dataset), settings["val_fraction"],
+                                            settings["seed"])
+    return Dataset(dataset, train_idx, val_idx, fingerprint, grid)
+
+
+class LRSchedule:
+    """Learning-rate multiplier per optimizer step: linear warmup, then constant or cosine
+    decay to `floor`. A plain object, so LambdaLR checkpoints its fields with the scheduler."""
+
+    def __init__(self, warmup_steps, total_steps, kind, floor=0.1):
+        self.warmup_steps, self.total_steps, self.kind, self.floor = (
+            warmup_steps, total_steps, kind, floor)
+
+    def __call__(self, step):
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant" or self.total_steps <= self.warmup_steps:
+            return 1.0
+        done = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def build_optimizer(model, settings, steps_per_epoch):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"],
+                                  weight_decay=settings["weight_decay"])
+    schedule = LRSchedule(settings["warmup_steps"], settings["epochs"] * steps_per_epoch,
+                          settings["lr_schedule"])
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+# --------------------------------------------------------------------------------------------
+# Position and history
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    """Where the run stands, beyond module and optimizer state: with it, a resumed run
+    continues at the exact sample where the saved one stopped."""
+    epoch: int = 0                 # last completed epoch
+    global_step: int = 0
+    step_in_epoch: int = 0         # batches already done in epoch + 1
+    samples_in_epoch: int = 0      # training samples already done in epoch + 1
+    epoch_loss_sum: float = 0.0    # sum of this epoch's batch losses so far
+    train_loss: float | None = None
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    best_epoch: int | None = None
+    history: dict = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
+
+    FIELDS = ("epoch", "global_step", "step_in_epoch", "samples_in_epoch", "epoch_loss_sum",
+              "train_loss", "val_loss", "best_val_loss", "best_epoch", "history")
+
+    @classmethod
+    def from_checkpoint(cls, state):
+        return cls(**{k: state[k] for k in cls.FIELDS if k in state})
+
+    def to_checkpoint(self):
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+    def record_step(self, samples, loss):
+        self.global_step += 1
+        self.step_in_epoch += 1
+        self.samples_in_epoch += samples
+        self.epoch_loss_sum += loss
+
+    def end_epoch(self, val_loss, validity, diversity, lr):
+        """Close the epoch; returns True when validation loss improved on the best."""
+        self.epoch += 1
+        self.train_loss = self.epoch_loss_sum / max(1, self.step_in_epoch)
+        self.val_loss = val_loss
+        for key, value in zip(HISTORY_KEYS, (self.epoch, self.train_loss, val_loss, validity,
+                                             diversity, lr)):
+            self.history[key].append(value)
+        self.step_in_epoch = self.samples_in_epoch = 0
+        self.epoch_loss_sum = 0.0
+        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch = val_loss, self.epoch
+        return improved
+
+
+class StopRequest:
+    """Remembers the first SIGINT, SIGTERM or SIGUSR1. The handler only sets a flag; the loop
+    saves at the next step boundary. Saving inside the handler could interrupt a save in
+    progress, and a second Ctrl+C while saving only sets the flag again."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self):
+        for s in STOP_SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+class Trainer:
+    """One run: the loop over epochs and steps, and every save it makes."""
+
+    def __init__(self, settings, run, config, model, optimizer, scheduler, dataset, device,
+                 progress, stop):
+        self.settings, self.run, self.config = settings, run, config
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.dataset, self.device, self.progress, self.stop = dataset, device, progress, stop
+        self.last_checkpoint = None
+        self.save_error = None
+        self.batch_size = settings["batch_size"]
+        self.n_train = len(dataset.train)
+        self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def train(self):
+        """Train to --epochs; returns the exit code."""
+        p, s = self.progress, self.settings
+        self.write_run_files("running")
+        last_save_time, last_save_step = time.monotonic(), p.global_step
+        for epoch in range(p.epoch + 1, s["epochs"] + 1):
+            started = time.monotonic()
+            order = self.dataset.train[data.epoch_order(self.n_train, s["seed"], epoch)]
+            self.model.train()
+            bar = tqdm(total=p.step_in_epoch + math.ceil(
+                (self.n_train - p.samples_in_epoch) / self.batch_size),
+                initial=p.step_in_epoch, desc=f"Epoch {epoch}/{s['epochs']}", unit="step",
+                file=sys.stderr, dynamic_ncols=True)
+            while p.samples_in_epoch < self.n_train:
+                if self.stop.requested:
+                    bar.close()
+                    return self.stop_and_save()
+                indices = order[p.samples_in_epoch:p.samples_in_epoch + self.batch_size]
+                loss = self.train_step(self.dataset.data.batch(indices))
+                p.record_step(len(indices), loss)
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if self.mid_epoch_save_due(p.global_step - last_save_step, last_save_time):
+                    self.save()
+                    last_save_time, last_save_step = time.monotonic(), p.global_step
+            bar.close()
+            if self.stop.requested:
+                return self.stop_and_save()
+            val_loss = self.validation_loss()
+            if val_loss is None:
+                return self.stop_and_save()
+            validity = diversity = None
+            if self.sampling_due(epoch):
+                validity, diversity = self.sample_metrics(epoch)
+            previous_best = (p.best_val_loss, p.best_epoch)
+            improved = p.end_epoch(val_loss, validity, diversity, self.scheduler.get_last_lr()[0])
+            say(report.epoch_summary(epoch, s["epochs"], p.train_loss, val_loss, validity,
+                                     diversity, time.monotonic() - started))
+            if improved:
+                was = "" if previous_best[0] is None else f" (was {previous_best[0]:.4f})"
+                say(f"New best validation loss: {val_loss:.4f}{was}")
+            extra = [self.run.epoch(epoch)] if epoch % s["checkpoint_frequency"] == 0 else []
+            if improved:
+                extra.append(self.run.best)
+            saved = self.save(extra, final=epoch == s["epochs"])
+            if not saved and improved:
+                # best_val_loss describes the best file on disk; that file was not replaced.
+                p.best_val_loss, p.best_epoch = previous_best
+            last_save_time, last_save_step = time.monotonic(), p.global_step
+            if epoch == s["epochs"] and not saved:
+                self.write_run_files("failed: the final checkpoint could not be saved")
+                return EXIT_SAVE_FAILED
+            if self.stop.requested and epoch < s["epochs"]:
+                if not saved:
+                    self.write_run_files(f"failed: could not save on {self.stop.name}")
+                    return EXIT_SAVE_FAILED
+                self.write_run_files(f"interrupted by {self.stop.name}")
+                return 128 + self.stop.signum
+        self.write_run_files("finished")
+        say(f"Training finished: {p.epoch} epochs, best validation loss "
+            f"{p.best_val_loss:.4f} (epoch {p.best_epoch}), files in {self.run.directory}")
+        return EXIT_OK
+
+    def train_step(self, batch):
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        loss, _ = self.model.loss(batch)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise Diverged(f"training diverged: loss is {value} at step {self.progress.global_step + 1} "
+                           f"(epoch {self.progress.epoch + 1})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.settings["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
+        self.optimizer.step()
+        self.scheduler.step()
+        return value
+
+    @torch.no_grad()
+    def validation_loss(self):
+        """Mean validation loss per token (transformer) or per graph (gnn), or None when a
+        stop signal arrived before it finished."""
+        self.model.eval()
+        total, count = 0.0, 0
+        val = self.dataset.val
+        for start in range(0, len(val), self.batch_size):
+            if self.stop.requested:
+                return None
+            batch = self.dataset.data.batch(val[start:start + self.batch_size])
+            loss, n = self.model.loss({k: v.to(self.device) for k, v in batch.items()})
+            total += loss.item() * int(n)
+            count += int(n)
+        self.model.train()
+        value = total / count
+        if not math.isfinite(value):
+            raise Diverged(f"training diverged: validation loss is {value} after epoch "
+                           f"{self.progress.epoch + 1}")
+        return value
+
+    def sampling_due(self, epoch):
+        return (self.config.model == "transformer"
+                and (epoch % self.settings["eval_interval"] == 0
+                     or epoch == self.settings["epochs"]))
+
+    def sample_metrics(self, epoch):
+        """Validity and diversity of sampled sequences, which are also written as FASTA.
+        Sampling has its own generator, seeded by (seed, epoch): it never moves the training
+        RNG, so runs with and without sampling train identically."""
+        seed = int(np.random.SeedSequence([self.settings["seed"], 5, epoch]).generate_state(1)[0])
+        tokens = self.model.generate(self.settings["eval_samples"],
+                                     torch.Generator().manual_seed(seed))
+        sequences = [data.decode(t) for t in tokens]
+        out_dir = Path(self.settings["output_dir"] or self.run.directory)
+        fasta = "".join(f">epoch{epoch}_sample{i}\n{s}\n" for i, s in enumerate(sequences))
+        try:
+            ckpt.write_text(out_dir / self.run.samples.name, fasta)
+        except OSError as e:
+            warn(f"could not write sampled sequences to {out_dir}: {e.strerror or e}")
+        return metrics.validity(sequences), metrics.diversity(sequences)
+
+    def mid_epoch_save_due(self, steps_since_save, last_save_time):
+        s = self.settings
+        if self.progress.samples_in_epoch >= self.n_train:
+            return False   # the epoch's own save follows validation
+        by_steps = s["checkpoint_every_steps"] and steps_since_save >= s["checkpoint_every_steps"]
+        by_time = (s["checkpoint_every_minutes"]
+                   and time.monotonic() - last_save_time >= 60 * s["checkpoint_every_minutes"])
+        return bool(by_steps or by_time)
+
+    def stop_and_save(self):
+        """Save latest at this step boundary and return 128 + signal (1 if the save failed)."""
+        p = self.progress
+        say(f"Stopping on {self.stop.name}: saving latest at epoch {p.epoch + 1}, "
+            f"step {p.step_in_epoch} of the epoch ({p.global_step} steps in all)")
+        if not self.save():
+            self.write_run_files(f"failed: could not save on {self.stop.name}")
+            return EXIT_SAVE_FAILED
+        self.write_run_files(f"interrupted by {self.stop.name}")
+        return 128 + self.stop.signum
+
+    # -- saving -------------------------------------------------------------------------------
+
+    def checkpoint_state(self):
+        state = {
+            "epoch": self.progress.epoch,
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "best_val_loss": self.progress.best_val_loss,
+            "val_loss": self.progress.val_loss,
+            "config": asdict(self.config),
+            "train_loss": self.progress.train_loss,
+            "history": self.progress.history,
+            "args": dict(self.settings),
+            "timestamp": report.now_iso(),
+            "global_step": self.progress.global_step,
+            "step_in_epoch": self.progress.step_in_epoch,
+            "rng_state": ckpt.capture_rng_state(),
+            "format_version": ckpt.FORMAT_VERSION,
+            "data_fingerprint": self.dataset.fingerprint,
+        }
+        state.update(self.progress.to_checkpoint())
+        if self.dataset.energy_grid is not None:
+            state["energy_grid"] = torch.from_numpy(self.dataset.energy_grid)
+        return state
+
+    def save(self, extra=(), final=False):
+        """Write latest (and `extra` names); on failure warn, record it and return False:
+        training goes on and the next save point retries."""
+        if not all(torch.isfinite(t).all() for t in self.model.state_dict().values()
+                   if t.is_floating_point()):
+            raise Diverged(f"training diverged: non-finite weights at step "
+                           f"{self.progress.global_step}")
+        p = self.progress
+        try:
+            ckpt.save_checkpoint(self.checkpoint_state(), self.run.latest, extra)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            self.save_error = {"time": report.now_iso(), "error": reason}
+            kept = (f"{self.run.latest.name} still holds epoch {self.last_checkpoint['epoch']}, "
+                    f"step {self.last_checkpoint['global_step']}" if self.last_checkpoint
+                    else "the previous checkpoint files are intact")
+            retry = "" if final else "; will retry at the next save point"
+            warn(f"could not save checkpoint ({reason}); {kept}{retry}")
+            self.write_run_files("running", quiet=True)
+            return False
+        self.save_error = None
+        self.last_checkpoint = {"path": str(self.run.latest), "epoch": p.epoch,
+                                "global_step": p.global_step, "time": report.now_iso()}
+        names = ", ".join(path.name for path in [self.run.latest, *extra])
+        where = f"epoch {p.epoch}" if not p.step_in_epoch else (
+            f"epoch {p.epoch + 1} step {p.step_in_epoch}/{self.steps_per_epoch}")
+        say(f"Checkpoint saved: {names} ({where}, global step {p.global_step})")
+        self.write_run_files("running")
+        return True
+
+    def write_run_files(self, state, quiet=False):
+        record = report.progress_record(state, self.progress, self.settings,
+                                        self.last_checkpoint, self.save_error,
+                                        self.steps_per_epoch)
+        try:
+            report.write_run_files(self.run, record)
+        except OSError as e:
+            if not quiet:
+                warn(f"could not update {self.run.status.name}: {e.strerror or e}")
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up: which run, which checkpoint, which settings
+# --------------------------------------------------------------------------------------------
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def files_newer_than(run, state, source):
+    """Files of `run` that record more progress than the checkpoint `state` (read from
+    `source`): resuming from it would overwrite them, so they are moved aside instead."""
+    newer = [path for n, path in run.epoch_files() if n > state["epoch"]]
+    for path in (run.latest, run.best):
+        if path.exists() and not _same_file(path, source):
+            position = ckpt.read_progress(path)
+            if position is None or position[1] > state["global_step"]:
+                newer.append(path)
+    return newer
+
+
+def describe_resume(path, state):
+    position = f"epoch {state['epoch']}"
+    if state["step_in_epoch"]:
+        position += f" + {state['step_in_epoch']} steps of epoch {state['epoch'] + 1}"
+    val = "n/a" if state["val_loss"] is None else f"{state['val_loss']:.4f}"
+    return (f"Resuming from {path}: {position} (global step {state['global_step']}), "
+            f"val loss {val}")
+
+
+def prepare(explicit):
+    """Resolve which run this is and what it resumes from, reading but writing nothing.
+
+    Returns:
+        (settings, run, state, source, skipped): `state` is the checkpoint dict to resume
+        from (None for a new run), `source` its path, `skipped` the candidates passed over.
+    """
+    skipped = []
+    if explicit.get("resume_from"):
+        source = Path(explicit["resume_from"])
+        try:
+            state = ckpt.load_checkpoint(source)
+        except ckpt.CheckpointError as e:
+            raise UsageError(f"cannot resume from {source}: {e}") from None
+        directory = Path(explicit.get("checkpoint_dir") or source.parent)
+        name = explicit.get("name") or state["args"].get("name")
+    else:
+        model = explicit.get("model", COMMON_DEFAULTS["model"])
+        directory = Path(explicit.get("checkpoint_dir") or COMMON_DEFAULTS["checkpoint_dir"])
+        name = explicit.get("name") or f"{model}_{explicit.get('config', 'tiny')}"
+        state = source = None
+        run = ckpt.RunFiles(directory, name)
+        if not explicit.get("fresh") and run.resume_candidates():
+            state, source, skipped = ckpt.find_resume_checkpoint(run)
+            if state is None:
+                reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+                raise UsageError(f"run {name} in {directory} has no usable checkpoint ({reasons});"
+                                 f" use --fresh to start over (its files are kept)")
+    run = ckpt.RunFiles(directory, name)
+    if state is not None:
+        saved_args = state["args"]
+        if saved_args.get("model") != state["config"].get("model"):
+            raise UsageError(f"{source}: its args and config disagree on the model family")
+        conflicts = identity_conflicts(explicit, saved_args, state["config"])
+        if conflicts:
+            raise UsageError(f"{source} does not match the requested run: {'; '.join(conflicts)}."
+                             f" Drop those flags, use --fresh, or choose another --name")
+    settings = merge_settings(explicit, state["args"] if state else None)
+    settings["name"], settings["checkpoint_dir"] = name, str(directory)
+    return settings, run, state, source, skipped
+
+
+def restore(state, model, optimizer, scheduler, settings, explicit, steps_per_epoch):
+    """Load a checkpoint's state into freshly built objects, applying explicit overrides."""
+    try:
+        model.load_state_dict(state["model_state_dict"])
+        optimizer.load_state_dict(state["optimizer_state_dict"])
+        scheduler.load_state_dict(state["scheduler_state_dict"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise UsageError(f"checkpoint state does not fit its model: {first}") from None
+    saved = state["args"]
+    for key in OVERRIDABLE:
+        if key in explicit and explicit[key] != saved.get(key):
+            say(f"--{key.replace('_', '-')} {explicit[key]} overrides the checkpoint's "
+                f"{saved.get(key)}")
+    if "lr" in explicit:
+        factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+        scheduler.base_lrs = [explicit["lr"]] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = explicit["lr"]
+            group["lr"] = explicit["lr"] * factor
+    if "weight_decay" in explicit:
+        for group in optimizer.param_groups:
+            group["weight_decay"] = explicit["weight_decay"]
+    schedule = scheduler.lr_lambdas[0]
+    planned = settings["epochs"] * steps_per_epoch
+    if settings["lr_schedule"] == "cosine" and planned != schedule.total_steps:
+        say(f"Note: the cosine schedule keeps its original length ({schedule.total_steps} steps);"
+            f" --epochs {settings['epochs']} now plans {planned}")
+    ckpt.restore_rng_state(state["rng_state"])
+
+
+def run_training(explicit, stop):
+    validate(explicit)
+    settings, run, state, source, skipped = prepare(explicit)
+    if state is not None and state["epoch"] >= settings["epochs"]:
+        say(f"Run {run.name} has already trained {state['epoch']} of {settings['epochs']} "
+            f"epochs: nothing to do (raise --epochs to train further, or --fresh to start over)")
+        return EXIT_OK
+    device = resolve_device(settings["device"])
+    config = models.config_from_dict(state["config"]) if state else models.get_config(
+        settings["model"], settings["config"])
+    try:
+        dataset = load_dataset(settings, config)
+    except data.DataError as e:
+        raise UsageError(str(e)) from None
+    if state is not None and state.get("data_fingerprint") != dataset.fingerprint:
+        raise UsageError(f"the data differs from what {source} was trained on "
+                         f"({settings['data'] or 'built-in data'}); use --fresh or another --name")
+    check_writable_folder(run.directory, "--checkpoint-dir")
+    if settings["output_dir"]:
+        check_writable_folder(settings["output_dir"], "--output-dir")
+
+    try:
+        run.directory.mkdir(parents=True, exist_ok=True)
+        if settings["output_dir"]:
+            Path(settings["output_dir"]).mkdir(parents=True, exist_ok=True)
+        lock = ckpt.RunLock(run.lock).acquire()
+    except ckpt.RunLockedError as e:
+        raise UsageError(f"run {run.name} in {run.directory} is being trained by {e}; "
+                         f"wait for it or stop it first") from None
+    except OSError as e:
+        raise UsageError(f"--checkpoint-dir {run.directory}: {e.strerror}") from None
+    try:
+        return _train_locked(explicit, settings, run, state, source, skipped, config, dataset,
+                             device, stop)
+    finally:
+        lock.release()
+
+
+def _train_locked(explicit, settings, run, state, source, skipped, config, dataset, device,
+                  stop):
+    for path in run.stale_temp_files():
+        os.unlink(path)   # left by a writer that was killed mid-save; the lock says it is gone
+    if explicit.get("fresh") and run.existing():
+        folder = ckpt.move_aside(run, run.existing())
+        say(f"--fresh: moved the previous files of run {run.name} to {folder}")
+    if state is None and run.resume_candidates() and not explicit.get("fresh"):
+        # Checkpoints appeared between the read-only look and taking the lock.
+        raise UsageError(f"run {run.name} changed while starting; run the command again")
+    if state is not None:
+        for path, why in skipped:
+            say(f"Skipped {path.name}: {why}")
+        aside = [p for p, _ in skipped if p.exists()] + [
+            p for p in files_newer_than(run, state, source)
+            if not any(_same_file(p, q) for q, _ in skipped)]
+        if aside:
+            folder = ckpt.move_aside(run, aside)
+            say(f"Moved {', '.join(p.name for p in aside)} to {folder} (they were damaged or "
+                f"newer than the checkpoint resumed from)")
+        say(describe_resume(source, state))
+
+    torch.manual_seed(settings["seed"])
+    model = models.build_model(config).to(device)
+    if config.model == "gnn" and state is None:
+        model.set_target_scale(dataset.data.targets[dataset.train].to(device))
+    steps_per_epoch = math.ceil(len(dataset.train) / settings["batch_size"])
+    optimizer, scheduler = build_optimizer(model, settings, steps_per_epoch)
+    progress = Progress()
+    if state is not None:
+        restore(state, model, optimizer, scheduler, settings, explicit, steps_per_epoch)
+        progress = Progress.from_checkpoint(state)
+    say(f"Model: {config.model} {config.name}, {models.count_parameters(model):,} parameters, "
+        f"on {device}")
+    say(f"Data: {settings['data'] or 'built-in'} ({len(dataset.train)} train, "
+        f"{len(dataset.val)} validation); run {run.name} in {run.directory}")
+    del state  # the memory-mapped checkpoint is no longer needed
+    trainer = Trainer(settings, run, config, model, optimizer, scheduler, dataset, device,
+                      progress, stop)
+    try:
+        return trainer.train()
+    except Diverged as e:
+        print(f"error: {e}; not saved, the last good checkpoint is kept", file=sys.stderr)
+        trainer.write_run_files("diverged")
+        return EXIT_DIVERGED
+    except BaseException as e:
+        trainer.write_run_files(f"failed: {type(e).__name__}: {e}"[:300])
+        raise
+
+
+def main(argv=None):
+    """Run the command line; returns the exit code."""
+    try:
+        namespace = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit as e:   # --help
+        return e.code or 0
+    with StopRequest() as stop:
+        try:
+            return run_training(explicit_flags(namespace), stop)
+        except UsageError as e:
+            print(f"train.py: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
