@@ -90,8 +90,8 @@ class RunFiles:
         regex = re.compile(pattern)
         try:
             return sorted(p for p in self.directory.iterdir() if regex.fullmatch(p.name))
-        except FileNotFoundError:
-            return []
+        except (FileNotFoundError, NotADirectoryError):
+            return []   # no folder yet (or not a folder: the caller's writability check says so)
 
     def existing(self):
         """Every file of this run (never another run's, even one whose name starts alike)."""

@@ -312,8 +312,10 @@ class LRSchedule:
 def build_optimizer(model, settings, steps_per_epoch):
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"],
                                   weight_decay=settings["weight_decay"])
-    schedule = LRSchedule(settings["warmup_steps"], settings["epochs"] * steps_per_epoch,
-                          settings["lr_schedule"])
+    # Only cosine has a length; a constant schedule leaves it None, so that training 2 epochs
+    # and then resuming to 4 holds exactly the state of training 4 at once.
+    total = settings["epochs"] * steps_per_epoch if settings["lr_schedule"] == "cosine" else None
+    schedule = LRSchedule(settings["warmup_steps"], total, settings["lr_schedule"])
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
@@ -388,7 +390,9 @@ class StopRequest:
 
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            # Once a stop was acted on, the process is on its way out with 128+signal: a
+            # further Ctrl+C must not turn that exit into a KeyboardInterrupt traceback.
+            signal.signal(s, signal.SIG_IGN if self.requested else handler)
 
     @property
     def requested(self):
