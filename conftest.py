@@ -152,9 +152,13 @@ def finished_run(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_working_folder(tmp_path, monkeypatch):
-    """Every test runs in its own empty folder, so ./checkpoints never leaks between tests."""
-    monkeypatch.chdir(tmp_path)
+def _fresh_working_folder(tmp_path):
+    """Every test runs in its own empty folder, so ./checkpoints never leaks between tests.
+    (Its own MonkeyPatch: a test's monkeypatch.undo() must not take the test back to the
+    repository.)"""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        yield
 
 
 def run_main(args):
