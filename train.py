@@ -432,23 +432,21 @@ class Trainer:
             started = time.monotonic()
             order = self.dataset.train[data.epoch_order(self.n_train, s["seed"], epoch)]
             self.model.train()
-            bar = tqdm(total=p.step_in_epoch + math.ceil(
-                (self.n_train - p.samples_in_epoch) / self.batch_size),
-                initial=p.step_in_epoch, desc=f"Epoch {epoch}/{s['epochs']}", unit="step",
-                file=sys.stderr, dynamic_ncols=True)
-            while p.samples_in_epoch < self.n_train:
-                if self.stop.requested:
-                    bar.close()
-                    return self.stop_and_save()
-                indices = order[p.samples_in_epoch:p.samples_in_epoch + self.batch_size]
-                loss = self.train_step(self.dataset.data.batch(indices))
-                p.record_step(len(indices), loss)
-                bar.update()
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if self.mid_epoch_save_due(p.global_step - last_save_step, last_save_time):
-                    self.save()
-                    last_save_time, last_save_step = time.monotonic(), p.global_step
-            bar.close()
+            # The bar closes however the epoch ends (a stop, a divergence), so the messages
+            # that follow start on a clean line.
+            with tqdm(total=p.step_in_epoch + math.ceil(
+                    (self.n_train - p.samples_in_epoch) / self.batch_size),
+                    initial=p.step_in_epoch, desc=f"Epoch {epoch}/{s['epochs']}", unit="step",
+                    file=sys.stderr, dynamic_ncols=True) as bar:
+                while p.samples_in_epoch < self.n_train and not self.stop.requested:
+                    indices = order[p.samples_in_epoch:p.samples_in_epoch + self.batch_size]
+                    loss = self.train_step(self.dataset.data.batch(indices))
+                    p.record_step(len(indices), loss)
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    if self.mid_epoch_save_due(p.global_step - last_save_step, last_save_time):
+                        self.save()
+                        last_save_time, last_save_step = time.monotonic(), p.global_step
             if self.stop.requested:
                 return self.stop_and_save()
             val_loss = self.validation_loss()
@@ -476,6 +474,10 @@ class Trainer:
                 self.write_run_files("failed: the final checkpoint could not be saved")
                 return EXIT_SAVE_FAILED
             if self.stop.requested and epoch < s["epochs"]:
+                # The signal came during validation's last batch or sampling: the epoch's
+                # own save above already holds every step.
+                say(f"Stopping on {self.stop.name} after epoch {epoch} ({p.global_step} "
+                    f"steps in all)")
                 if not saved:
                     self.write_run_files(f"failed: could not save on {self.stop.name}")
                     return EXIT_SAVE_FAILED
