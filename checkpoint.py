@@ -8,6 +8,7 @@ there is no moment at which a checkpoint and its checksum disagree.
 Nothing here prints; callers decide what to tell the user.
 """
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -163,38 +164,52 @@ def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _seal(f):
-    """Append the checksum to the torch zip archive just written to `f`, as its comment."""
+def _seal(f, writer):
+    """Append the checksum to the torch zip archive just written to `f` through `writer`, as
+    the archive's comment: set the comment length in the end record, then write the digest."""
     f.flush()
     size = f.seek(0, os.SEEK_END)
     f.seek(size - _END_RECORD_SIZE)
     end = f.read(_END_RECORD_SIZE)
-    if end[:4] != _END_RECORD or end[20:22] != b"\0\0":
+    if end[:4] != _END_RECORD or end[20:22] != b"\0\0" or size != writer.size:
         raise RuntimeError("torch.save did not end its archive with a plain end record")
+    length = struct.pack("<H", _COMMENT_LENGTH)
     f.seek(size - 2)
-    f.write(struct.pack("<H", _COMMENT_LENGTH))
-    f.flush()
-    f.seek(0)
-    digest = hashlib.sha256()
-    while chunk := f.read(_CHUNK):
-        digest.update(chunk)
-    f.write(_CHECKSUM_PREFIX + digest.hexdigest().encode())
+    f.write(length)
+    writer.digest.update(length)   # the digest covers every byte before the comment
+    f.write(_CHECKSUM_PREFIX + writer.digest.hexdigest().encode())
 
 
 class _RecordingWriter:
-    """torch.save turns a failed write into an opaque RuntimeError ("unexpected pos ..."); this
-    wrapper keeps the real OSError (ENOSPC, EIO, ...) so the caller can report its cause."""
+    """The file object torch.save writes to. It hashes the bytes as they pass (so sealing
+    never reads the file back), holding back the last two, the end record's comment length,
+    which sealing changes. And where torch.save turns a failed write into an opaque
+    RuntimeError ("unexpected pos ..."), it keeps the real OSError (ENOSPC, EIO, ...)."""
 
     def __init__(self, f):
         self.f = f
         self.error = None
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._held = b""
 
     def write(self, data):
         try:
-            return self.f.write(data)
+            self.f.write(data)
         except OSError as e:
             self.error = e
             raise
+        view = memoryview(data).cast("B")
+        self.size += len(view)
+        if len(view) >= 2:
+            self.digest.update(self._held)
+            self.digest.update(view[:-2])
+            self._held = bytes(view[-2:])
+        else:
+            joined = self._held + bytes(view)
+            self.digest.update(joined[:-2])
+            self._held = joined[-2:]
+        return len(view)
 
     def flush(self):
         self.f.flush()
@@ -221,6 +236,24 @@ def _publish_copy(source, path):
         raise
 
 
+@contextlib.contextmanager
+def _without_zip_crc32():
+    """torch.save computes a CRC-32 of every record for the zip headers, which torch.load
+    never checks; the SHA-256 of the whole file supersedes it. Skipping it saves about a
+    quarter of torch.save's time. (Setting absent in older torch: nothing to skip.)"""
+    try:
+        from torch.utils.serialization import config
+        previous = config.save.compute_crc32
+    except (ImportError, AttributeError):
+        yield
+        return
+    config.save.compute_crc32 = False
+    try:
+        yield
+    finally:
+        config.save.compute_crc32 = previous
+
+
 def save_checkpoint(state, path, also=()):
     """Write `state` once, sealed with its checksum, and publish it as `path` and as each
     path in `also` (numbered epoch file, best).
@@ -235,12 +268,13 @@ def save_checkpoint(state, path, also=()):
         with open(tmp, "w+b") as f:
             writer = _RecordingWriter(f)
             try:
-                torch.save(state, writer)
+                with _without_zip_crc32():
+                    torch.save(state, writer)
             except RuntimeError:
                 if writer.error is None:
                     raise
                 raise writer.error from None
-            _seal(f)
+            _seal(f, writer)
             f.flush()
             os.fsync(f.fileno())
         for extra in also:

@@ -32,8 +32,13 @@ def _json_safe(value):
     return value
 
 
-def progress_record(run_state, progress, settings, last_checkpoint, save_error, steps_per_epoch):
-    """The dict written to NAME_progress.json."""
+def progress_record(run_state, progress, settings, last_checkpoint, save_error, steps_per_epoch,
+                    save_stalls=()):
+    """The dict written to NAME_progress.json. `save_stalls`: seconds the training loop was
+    blocked by each save of this process (the snapshot; the write runs in the background)."""
+    stalls = {"saves": len(save_stalls),
+              "mean_s": sum(save_stalls) / len(save_stalls) if save_stalls else None,
+              "max_s": max(save_stalls, default=None)}
     return _json_safe({
         "name": settings["name"],
         "status": run_state,
@@ -51,6 +56,7 @@ def progress_record(run_state, progress, settings, last_checkpoint, save_error, 
         "timestamp": now_iso(),
         "last_checkpoint": last_checkpoint,
         "last_save_error": save_error,
+        "checkpoint_stall": stalls,
         "args": settings,
         "history": progress.history,
     })

@@ -184,7 +184,7 @@ def test_explicit_lr_on_resume_overrides_and_says_so(tmp_path, capsys):
 def test_batch_size_may_change_in_the_middle_of_an_epoch(tmp_path, capsys):
     stopping = ["--checkpoint-every-steps", "5"]
     # Stop after the first mid-epoch save by raising a signal's flag from the save itself.
-    original = train.Trainer.save
+    original = train.Trainer.start_save
 
     def save_then_stop(self, *args, **kwargs):
         saved = original(self, *args, **kwargs)
@@ -192,11 +192,11 @@ def test_batch_size_may_change_in_the_middle_of_an_epoch(tmp_path, capsys):
         return saved
 
     handlers = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
-    train.Trainer.save = save_then_stop
+    train.Trainer.start_save = save_then_stop
     try:
         assert run_main([*GNN_ARGS, "--epochs", 2, *stopping]) == 143
     finally:
-        train.Trainer.save = original
+        train.Trainer.start_save = original
         for s, handler in handlers.items():   # a stopped run leaves stop signals ignored
             signal.signal(s, handler)
     state = load(tmp_path / "checkpoints" / "gnn_tiny_latest.pt")

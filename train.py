@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import background_save
 import checkpoint as ckpt
 import data
 import metrics
@@ -39,14 +40,15 @@ COMMON_DEFAULTS = {
     "weight_decay": 0.01, "grad_clip": 1.0, "lr_schedule": "constant", "device": "auto",
     "eval_interval": 1, "eval_samples": 100, "name": None, "checkpoint_dir": "checkpoints",
     "checkpoint_frequency": 1, "checkpoint_every_steps": 0, "checkpoint_every_minutes": 10.0,
-    "output_dir": None,
+    "output_dir": None, "precision": "fp32",
 }
 SETTINGS = tuple(COMMON_DEFAULTS) + ("num_samples", "epochs", "batch_size", "lr", "warmup_steps")
 # What makes a run this run: a resume that asks for different values is refused.
 RUN_IDENTITY = ("model", "config", "data", "num_samples", "val_fraction", "seed",
                 "lr_schedule", "warmup_steps")
 # What an explicit flag may change on resume, with a notice.
-OVERRIDABLE = ("lr", "weight_decay", "grad_clip")
+OVERRIDABLE = ("lr", "weight_decay", "grad_clip", "precision")
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "validity", "diversity", "lr")
 
 
@@ -119,6 +121,12 @@ def build_parser():
                         "when the run started (default constant)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto); may change on "
                                     "resume")
+    g.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES),
+                   help="fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler whose "
+                        "state is checkpointed); default fp32")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step's model call (the checkpoint holds "
+                        "the plain module's state); given per run, not stored")
     g.add_argument("--eval-interval", "--eval_interval", type=int, metavar="N",
                    help="sampled-sequence metrics every N epochs and at the last "
                         "(default 1); validation loss is computed every epoch")
@@ -410,13 +418,20 @@ class StopRequest:
 class Trainer:
     """One run: the loop over epochs and steps, and every save it makes."""
 
-    def __init__(self, settings, run, config, model, optimizer, scheduler, dataset, device,
-                 progress, stop):
+    def __init__(self, settings, run, config, model, optimizer, scheduler, scaler, dataset,
+                 device, progress, stop, compile_model=False):
         self.settings, self.run, self.config = settings, run, config
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.scaler = scaler
+        self.autocast_dtype = AUTOCAST_DTYPES[settings["precision"]]
+        # Compiling the bound `loss` keeps `self.model` the plain module: its state_dict has
+        # no `_orig_mod.` prefixes.
+        self.training_loss = torch.compile(model.loss) if compile_model else model.loss
         self.dataset, self.device, self.progress, self.stop = dataset, device, progress, stop
         self.last_checkpoint = None
         self.save_error = None
+        self.saver = background_save.BackgroundSaver()
+        self.save_stalls = []   # seconds the loop was blocked by each save
         self.batch_size = settings["batch_size"]
         self.n_train = len(dataset.train)
         self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
@@ -442,11 +457,16 @@ class Trainer:
                     indices = order[p.samples_in_epoch:p.samples_in_epoch + self.batch_size]
                     loss = self.train_step(self.dataset.data.batch(indices))
                     p.record_step(len(indices), loss)
+                    if not self.saver.staging.prepared:
+                        # After the first step the optimizer state exists: the whole layout.
+                        self.saver.staging.prepare_in_background(self.checkpoint_state())
                     bar.update()
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     if self.mid_epoch_save_due(p.global_step - last_save_step, last_save_time):
-                        self.save()
+                        self.start_save()
                         last_save_time, last_save_step = time.monotonic(), p.global_step
+                    else:
+                        self.collect_save(block=False)
             if self.stop.requested:
                 return self.stop_and_save()
             val_loss = self.validation_loss()
@@ -455,6 +475,8 @@ class Trainer:
             validity = diversity = None
             if self.sampling_due(epoch):
                 validity, diversity = self.sample_metrics(epoch)
+            # A previous save that failed may still revert the best (see collect_save).
+            self.collect_save(block=True)
             previous_best = (p.best_val_loss, p.best_epoch)
             improved = p.end_epoch(val_loss, validity, diversity, self.scheduler.get_last_lr()[0])
             say(report.epoch_summary(epoch, s["epochs"], p.train_loss, val_loss, validity,
@@ -465,15 +487,16 @@ class Trainer:
             extra = [self.run.epoch(epoch)] if epoch % s["checkpoint_frequency"] == 0 else []
             if improved:
                 extra.append(self.run.best)
-            saved = self.save(extra, final=epoch == s["epochs"])
-            if not saved and improved:
-                # best_val_loss describes the best file on disk; that file was not replaced.
-                p.best_val_loss, p.best_epoch = previous_best
+            last = epoch == s["epochs"]
+            self.start_save(extra, previous_best if improved else None, final=last)
             last_save_time, last_save_step = time.monotonic(), p.global_step
-            if epoch == s["epochs"] and not saved:
+            if not (last or self.stop.requested):
+                continue   # the write goes on in the background during the next epoch
+            saved = self.collect_save(block=True)
+            if last and not saved:
                 self.write_run_files("failed: the final checkpoint could not be saved")
                 return EXIT_SAVE_FAILED
-            if self.stop.requested and epoch < s["epochs"]:
+            if self.stop.requested and not last:
                 # The signal came during validation's last batch or sampling: the epoch's
                 # own save above already holds every step.
                 say(f"Stopping on {self.stop.name} after epoch {epoch} ({p.global_step} "
@@ -488,18 +511,26 @@ class Trainer:
             f"{p.best_val_loss:.4f} (epoch {p.best_epoch}), files in {self.run.directory}")
         return EXIT_OK
 
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)
+
     def train_step(self, batch):
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        loss, _ = self.model.loss(batch)
+        with self.autocast():
+            loss, _ = self.training_loss(batch)
         value = loss.item()
         if not math.isfinite(value):
             raise Diverged(f"training diverged: loss is {value} at step {self.progress.global_step + 1} "
                            f"(epoch {self.progress.epoch + 1})")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # The scaler is a no-op unless --precision fp16.
+        self.scaler.scale(loss).backward()
         if self.settings["grad_clip"]:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         return value
 
@@ -514,7 +545,8 @@ class Trainer:
             if self.stop.requested:
                 return None
             batch = self.dataset.data.batch(val[start:start + self.batch_size])
-            loss, n = self.model.loss({k: v.to(self.device) for k, v in batch.items()})
+            with self.autocast():
+                loss, n = self.model.loss({k: v.to(self.device) for k, v in batch.items()})
             total += loss.item() * int(n)
             count += int(n)
         self.model.train()
@@ -559,7 +591,8 @@ class Trainer:
         p = self.progress
         say(f"Stopping on {self.stop.name}: saving latest at epoch {p.epoch + 1}, "
             f"step {p.step_in_epoch} of the epoch ({p.global_step} steps in all)")
-        if not self.save():
+        self.start_save(final=True)
+        if not self.collect_save(block=True):
             self.write_run_files(f"failed: could not save on {self.stop.name}")
             return EXIT_SAVE_FAILED
         self.write_run_files(f"interrupted by {self.stop.name}")
@@ -589,42 +622,75 @@ class Trainer:
         state.update(self.progress.to_checkpoint())
         if self.dataset.energy_grid is not None:
             state["energy_grid"] = torch.from_numpy(self.dataset.energy_grid)
+        if self.scaler.is_enabled():
+            state["scaler_state_dict"] = self.scaler.state_dict()
         return state
 
-    def save(self, extra=(), final=False):
-        """Write latest (and `extra` names); on failure warn, record it and return False:
-        training goes on and the next save point retries."""
-        if not all(torch.isfinite(t).all() for t in self.model.state_dict().values()
-                   if t.is_floating_point()):
-            raise Diverged(f"training diverged: non-finite weights at step "
-                           f"{self.progress.global_step}")
+    def start_save(self, extra=(), revert_best_to=None, final=False):
+        """Snapshot the state and hand it to the background writer, which publishes latest
+        (and the `extra` names). Blocks only for the snapshot, after waiting for the previous
+        write. `revert_best_to` is the (best_val_loss, best_epoch) to restore if this save,
+        which carries a new best, fails."""
+        self.collect_save(block=True)   # at most one write in flight
+        started = time.perf_counter()
+        snapshot = self.saver.staging.snapshot(self.checkpoint_state())
         p = self.progress
-        try:
-            ckpt.save_checkpoint(self.checkpoint_state(), self.run.latest, extra)
-        except OSError as e:
-            reason = e.strerror or str(e)
+        where = f"epoch {p.epoch}" if not p.step_in_epoch else (
+            f"epoch {p.epoch + 1} step {p.step_in_epoch}/{self.steps_per_epoch}")
+        ticket = {"names": [self.run.latest.name] + [path.name for path in extra],
+                  "where": where, "epoch": p.epoch, "global_step": p.global_step,
+                  "revert_best_to": revert_best_to, "final": final}
+        self.saver.submit(snapshot, self.run.latest, list(extra), ticket)
+        self.save_stalls.append(time.perf_counter() - started)
+
+    def collect_save(self, block):
+        """Report the outcome of the background write, if it has ended (or, with `block`,
+        once it ends). Returns True or False for a reported save, None if there was none.
+
+        A failure warns, is recorded in the status file, and training goes on: the next save
+        point retries. Non-finite weights found in the snapshot stop the run (Diverged)."""
+        outcome = self.saver.wait() if block else self.saver.poll()
+        if outcome is None:
+            return None
+        ticket, error = outcome
+        if isinstance(error, background_save.NonFiniteWeights):
+            raise Diverged(f"training diverged: non-finite weights at step "
+                           f"{ticket['global_step']}")
+        if error is not None and not isinstance(error, OSError):
+            raise error
+        if error is not None:
+            reason = error.strerror or str(error)
             self.save_error = {"time": report.now_iso(), "error": reason}
             kept = (f"{self.run.latest.name} still holds epoch {self.last_checkpoint['epoch']}, "
                     f"step {self.last_checkpoint['global_step']}" if self.last_checkpoint
                     else "the previous checkpoint files are intact")
-            retry = "" if final else "; will retry at the next save point"
+            retry = "" if ticket["final"] else "; will retry at the next save point"
             warn(f"could not save checkpoint ({reason}); {kept}{retry}")
+            if ticket["revert_best_to"] is not None:
+                # best_val_loss describes the best file on disk, which was not replaced.
+                self.progress.best_val_loss, self.progress.best_epoch = ticket["revert_best_to"]
             self.write_run_files("running", quiet=True)
             return False
         self.save_error = None
-        self.last_checkpoint = {"path": str(self.run.latest), "epoch": p.epoch,
-                                "global_step": p.global_step, "time": report.now_iso()}
-        names = ", ".join(path.name for path in [self.run.latest, *extra])
-        where = f"epoch {p.epoch}" if not p.step_in_epoch else (
-            f"epoch {p.epoch + 1} step {p.step_in_epoch}/{self.steps_per_epoch}")
-        say(f"Checkpoint saved: {names} ({where}, global step {p.global_step})")
+        self.last_checkpoint = {"path": str(self.run.latest), "epoch": ticket["epoch"],
+                                "global_step": ticket["global_step"], "time": report.now_iso()}
+        say(f"Checkpoint saved: {', '.join(ticket['names'])} ({ticket['where']}, global step "
+            f"{ticket['global_step']})")
         self.write_run_files("running")
         return True
+
+    def finish_background_write(self):
+        """On the way out after an error: let the write in flight (a snapshot taken before the
+        error) complete and report it; the error being handled matters more than its outcome."""
+        try:
+            self.collect_save(block=True)
+        except Exception:
+            pass
 
     def write_run_files(self, state, quiet=False):
         record = report.progress_record(state, self.progress, self.settings,
                                         self.last_checkpoint, self.save_error,
-                                        self.steps_per_epoch)
+                                        self.steps_per_epoch, self.save_stalls)
         try:
             report.write_run_files(self.run, record)
         except OSError as e:
@@ -797,30 +863,42 @@ def _train_locked(explicit, settings, run, state, source, skipped, config, datas
                 f"newer than the checkpoint resumed from)")
         say(describe_resume(source, state))
 
-    torch.manual_seed(settings["seed"])
-    model = models.build_model(config).to(device)
-    if config.model == "gnn" and state is None:
-        model.set_target_scale(dataset.data.targets[dataset.train].to(device))
+    if state is None:
+        torch.manual_seed(settings["seed"])
+        model = models.build_model(config).to(device)
+        if config.model == "gnn":
+            model.set_target_scale(dataset.data.targets[dataset.train].to(device))
+    else:
+        # Every weight comes from the checkpoint: skip the random initialisation (seconds for
+        # the large configs) by building on the meta device and allocating empty tensors.
+        with torch.device("meta"):
+            model = models.build_model(config)
+        model = model.to_empty(device=device)
     steps_per_epoch = math.ceil(len(dataset.train) / settings["batch_size"])
     optimizer, scheduler = build_optimizer(model, settings, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings["precision"] == "fp16")
     progress = Progress()
     if state is not None:
         restore(state, model, optimizer, scheduler, settings, explicit, steps_per_epoch)
+        if scaler.is_enabled() and "scaler_state_dict" in state:
+            scaler.load_state_dict(state["scaler_state_dict"])
         progress = Progress.from_checkpoint(state)
     say(f"Model: {config.model} {config.name}, {models.count_parameters(model):,} parameters, "
         f"on {device}")
     say(f"Data: {settings['data'] or 'built-in'} ({len(dataset.train)} train, "
         f"{len(dataset.val)} validation); run {run.name} in {run.directory}")
     del state  # the memory-mapped checkpoint is no longer needed
-    trainer = Trainer(settings, run, config, model, optimizer, scheduler, dataset, device,
-                      progress, stop)
+    trainer = Trainer(settings, run, config, model, optimizer, scheduler, scaler, dataset,
+                      device, progress, stop, compile_model=explicit.get("compile", False))
     try:
         return trainer.train()
     except Diverged as e:
+        trainer.finish_background_write()
         print(f"error: {e}; not saved, the last good checkpoint is kept", file=sys.stderr)
         trainer.write_run_files("diverged")
         return EXIT_DIVERGED
     except BaseException as e:
+        trainer.finish_background_write()
         trainer.write_run_files(f"failed: {type(e).__name__}: {e}"[:300])
         raise
 

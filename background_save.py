@@ -1,0 +1,176 @@
+"""Background checkpointing: snapshot the training state into kept host buffers at the save
+point, write it from a thread while training goes on.
+
+The training loop is blocked only for the snapshot: one `copy_` of every tensor into buffers
+that are allocated once and kept between saves (fresh allocations would pay page faults on
+every save). The write itself, with every guarantee of `checkpoint.save_checkpoint` (atomic
+rename, checksum, epoch/best names published before latest), runs in a thread. At most one
+write is in flight: a new save point first waits for the previous write, so memory never holds
+more than one snapshot.
+"""
+
+import threading
+
+import torch
+
+import checkpoint as ckpt
+
+
+class NonFiniteWeights(Exception):
+    """The snapshot holds NaN or Inf weights: it was not written."""
+
+
+def _unique_tensors(value, path=(), seen=None):
+    """(path, tensor) for each tensor of a nested state, tensors sharing storage once."""
+    seen = set() if seen is None else seen
+    if isinstance(value, torch.Tensor):
+        key = _storage_key(value)
+        if not (value.numel() and key in seen):
+            seen.add(key)
+            yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _unique_tensors(v, path + (k,), seen)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _unique_tensors(v, path + (i,), seen)
+
+
+def _storage_key(tensor):
+    return (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride(), tensor.device)
+
+
+class StagingBuffers:
+    """Host copies of every tensor of a nested state, reused from one save to the next."""
+
+    def __init__(self):
+        self._buffers = {}     # path in the nested state -> kept host tensor
+        self._streams = {}     # CUDA device -> side stream for device-to-host copies
+        self._preparing = None
+
+    def prepare_in_background(self, state):
+        """Allocate and touch the buffers for `state` in a thread, so that even
+        the first snapshot copies into memory that is already paged in."""
+        layout = [(path, t.shape, t.dtype, t.is_cuda) for path, t in _unique_tensors(state)]
+        self._preparing = threading.Thread(target=self._allocate, args=(layout,),
+                                           name="checkpoint-staging", daemon=True)
+        self._preparing.start()
+
+    def _allocate(self, layout):
+        for path, shape, dtype, pinned in layout:
+            buffer = torch.empty(shape, dtype=dtype, device="cpu", pin_memory=pinned)
+            buffer.zero_()   # take the page faults here, not in the training loop
+            self._buffers[path] = buffer
+
+    @property
+    def prepared(self):
+        return self._preparing is not None or bool(self._buffers)
+
+    def snapshot(self, state):
+        """A copy of `state` whose tensors live in the kept buffers; other values are copied
+        structurally (lists and dicts) or shared (immutable scalars and strings)."""
+        if self._preparing is not None:
+            self._preparing.join()
+            self._preparing = None
+        seen = {}              # tensors that share storage (tied weights) share one buffer
+        used = set()
+        copy = self._copy(state, (), seen, used)
+        for stream in self._streams.values():
+            stream.synchronize()   # the device-to-host copies are complete
+        for path in set(self._buffers) - used:
+            del self._buffers[path]   # parts of the state that no longer exist
+        return copy
+
+    def _copy(self, value, path, seen, used):
+        if isinstance(value, torch.Tensor):
+            key = _storage_key(value)
+            if value.numel() and key in seen:
+                return seen[key]
+            buffer = self._buffer(path, value)
+            used.add(path)
+            if value.is_cuda:
+                stream = self._side_stream(value.device)
+                with torch.cuda.stream(stream):
+                    buffer.copy_(value, non_blocking=True)
+            else:
+                buffer.copy_(value)
+            seen[key] = buffer
+            return buffer
+        if isinstance(value, dict):
+            return {k: self._copy(v, path + (k,), seen, used) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            items = [self._copy(v, path + (i,), seen, used) for i, v in enumerate(value)]
+            return items if isinstance(value, list) else tuple(items)
+        return value   # int, float, str, bool, None: immutable
+
+    def _buffer(self, path, value):
+        buffer = self._buffers.get(path)
+        if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+            # Pinned host memory lets the GPU copy run asynchronously on the side stream.
+            buffer = torch.empty(value.shape, dtype=value.dtype, device="cpu",
+                                 pin_memory=value.is_cuda)
+            self._buffers[path] = buffer
+        return buffer
+
+    def _side_stream(self, device):
+        stream = self._streams.get(device)
+        if stream is None:
+            stream = self._streams[device] = torch.cuda.Stream(device)
+        # The copies must see the optimizer step that the default stream just queued.
+        stream.wait_stream(torch.cuda.current_stream(device))
+        return stream
+
+    @property
+    def nbytes(self):
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+
+class BackgroundSaver:
+    """Writes snapshots from one thread, one at a time.
+
+    `submit` hands over a snapshot; `poll` returns the outcome of a finished write (or None);
+    `wait` blocks until the write in flight ends and returns its outcome. An outcome is
+    `(ticket, error)`: the caller's ticket and None, or the exception that stopped the write
+    (an OSError such as ENOSPC, or NonFiniteWeights).
+    """
+
+    def __init__(self):
+        self.staging = StagingBuffers()
+        self._thread = None
+        self._outcome = None
+
+    def submit(self, snapshot, path, also, ticket):
+        if self._thread is not None:
+            raise RuntimeError("a checkpoint write is still in flight: wait() for it first")
+        self._thread = threading.Thread(target=self._write, name="checkpoint-writer",
+                                        args=(snapshot, path, also, ticket))
+        self._thread.start()
+
+    def _write(self, snapshot, path, also, ticket):
+        try:
+            weights = snapshot["model_state_dict"].values()
+            if not all(torch.isfinite(t).all() for t in weights if t.is_floating_point()):
+                raise NonFiniteWeights("non-finite weights")
+            ckpt.save_checkpoint(snapshot, path, also)
+            self._outcome = (ticket, None)
+        except BaseException as e:   # handed to the training thread, which decides
+            self._outcome = (ticket, e)
+
+    @property
+    def in_flight(self):
+        return self._thread is not None
+
+    def poll(self):
+        """The outcome of a write that has finished, without blocking; else None."""
+        if self._thread is not None and not self._thread.is_alive():
+            return self.wait()
+        return None
+
+    def wait(self):
+        """Block until the write in flight (if any) ends; returns its outcome or None."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        self._thread = None
+        outcome, self._outcome = self._outcome, None
+        return outcome

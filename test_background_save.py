@@ -1,0 +1,134 @@
+"""Background saving: the snapshot is a consistent copy in kept buffers, one write at a time,
+and the file it writes is the state at the save point."""
+
+import errno
+import threading
+
+import pytest
+import torch
+
+import background_save
+import checkpoint as ckpt
+from conftest import GNN_ARGS, assert_tensors_equal, load, run_main
+from test_checkpoint import trained_state
+
+
+def test_snapshot_is_a_copy_that_training_cannot_change():
+    state = trained_state()
+    staging = background_save.StagingBuffers()
+    snapshot = staging.snapshot(state)
+    assert_tensors_equal(state, snapshot)
+    weight = next(iter(state["model_state_dict"].values()))
+    before = snapshot["model_state_dict"][next(iter(state["model_state_dict"]))].clone()
+    with torch.no_grad():
+        weight.add_(1.0)                         # the next optimizer step
+    state["history"]["epoch"].append(2)          # the next epoch's bookkeeping
+    assert torch.equal(snapshot["model_state_dict"][next(iter(state["model_state_dict"]))],
+                       before)
+    assert snapshot["history"]["epoch"] == [1]
+
+
+def test_buffers_are_kept_between_saves_and_tied_tensors_share_one():
+    state = trained_state()
+    staging = background_save.StagingBuffers()
+    first = staging.snapshot(state)
+    pointers = {k: v.data_ptr() for k, v in first["model_state_dict"].items()}
+    size = staging.nbytes
+    second = staging.snapshot(state)
+    assert {k: v.data_ptr() for k, v in second["model_state_dict"].items()} == pointers
+    assert staging.nbytes == size
+    # Two names for one tensor (tied weights) get one buffer, as torch.save stores one storage.
+    shared = torch.arange(6.0)
+    tied = staging.snapshot({"embedding": shared, "head": shared})
+    assert tied["embedding"] is tied["head"] and torch.equal(tied["head"], shared)
+
+
+def test_one_write_at_a_time_and_its_outcome(tmp_path, monkeypatch):
+    saver = background_save.BackgroundSaver()
+    release = threading.Event()
+    real_save = ckpt.save_checkpoint
+
+    def slow_save(state, path, also=()):
+        release.wait()
+        return real_save(state, path, also)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", slow_save)
+    state = trained_state()
+    saver.submit(saver.staging.snapshot(state), tmp_path / "a.pt", [], "first")
+    assert saver.in_flight and saver.poll() is None
+    with pytest.raises(RuntimeError, match="still in flight"):
+        saver.submit(saver.staging.snapshot(state), tmp_path / "b.pt", [], "second")
+    release.set()
+    assert saver.wait() == ("first", None)
+    assert_tensors_equal(state, load(tmp_path / "a.pt"))
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", lambda *a: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    saver.submit(saver.staging.snapshot(state), tmp_path / "c.pt", [], "third")
+    ticket, error = saver.wait()
+    assert ticket == "third" and error.errno == errno.ENOSPC
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    state = trained_state()
+    next(iter(state["model_state_dict"].values()))[0] = float("nan")
+    saver = background_save.BackgroundSaver()
+    saver.submit(saver.staging.snapshot(state), tmp_path / "x.pt", [], None)
+    _, error = saver.wait()
+    assert isinstance(error, background_save.NonFiniteWeights)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_progress_file_reports_how_long_saves_blocked_training(tmp_path):
+    assert run_main([*GNN_ARGS, "--epochs", 2, "--checkpoint-every-steps", 5]) == 0
+    import json
+    stall = json.loads((tmp_path / "checkpoints" / "gnn_tiny_progress.json").read_text())[
+        "checkpoint_stall"]
+    assert stall["saves"] == 2 + 6   # two epoch ends, three mid-epoch saves per epoch
+    assert 0 < stall["mean_s"] <= stall["max_s"] < 5
+
+
+# ------------------------------------------------------------------------------------------
+# Mixed precision and torch.compile (on the CPU here; the same code paths drive CUDA)
+# ------------------------------------------------------------------------------------------
+
+def test_fp16_checkpoints_its_gradient_scaler_and_resumes_exactly(tmp_path, capsys):
+    args = [*GNN_ARGS, "--precision", "fp16"]
+    assert run_main([*args, "--epochs", 2, "--name", "whole"]) == 0
+    assert run_main([*args, "--epochs", 1, "--name", "split"]) == 0
+    assert run_main([*args, "--epochs", 2, "--name", "split"]) == 0
+    whole = load(tmp_path / "checkpoints" / "whole_latest.pt")
+    split = load(tmp_path / "checkpoints" / "split_latest.pt")
+    assert whole["scaler_state_dict"]["_growth_tracker"] == 34   # 2 epochs of 17 clean steps
+    assert_tensors_equal(whole["scaler_state_dict"], split["scaler_state_dict"])
+    assert_tensors_equal(whole["model_state_dict"], split["model_state_dict"])
+    assert_tensors_equal(whole["optimizer_state_dict"], split["optimizer_state_dict"])
+
+
+def test_bf16_autocast_changes_the_numbers_and_fp32_has_no_scaler(tmp_path, capsys):
+    assert run_main([*GNN_ARGS, "--epochs", 1, "--name", "full"]) == 0
+    assert run_main([*GNN_ARGS, "--epochs", 1, "--name", "half", "--precision", "bf16"]) == 0
+    full = load(tmp_path / "checkpoints" / "full_latest.pt")
+    half = load(tmp_path / "checkpoints" / "half_latest.pt")
+    assert "scaler_state_dict" not in full and "scaler_state_dict" not in half
+    assert not torch.equal(full["model_state_dict"]["embed.weight"],
+                           half["model_state_dict"]["embed.weight"])
+    capsys.readouterr()
+    assert run_main([*GNN_ARGS, "--epochs", 2, "--name", "full", "--precision", "bf16"]) == 0
+    assert "--precision bf16 overrides the checkpoint's fp32" in capsys.readouterr().out
+
+
+def test_compiled_training_saves_the_plain_module_and_matches_eager(tmp_path):
+    """torch.compile on the CPU (inductor needs a C++ compiler; it is slow to compile, so one
+    small epoch)."""
+    import shutil
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler; none here")
+    small = ["--model", "gnn", "--num-samples", "60", "--batch-size", "16"]
+    assert run_main([*small, "--epochs", 1, "--name", "eager"]) == 0
+    assert run_main([*small, "--epochs", 1, "--name", "compiled", "--compile"]) == 0
+    eager = load(tmp_path / "checkpoints" / "eager_latest.pt")
+    compiled = load(tmp_path / "checkpoints" / "compiled_latest.pt")
+    assert not any(k.startswith("_orig_mod.") for k in compiled["model_state_dict"])
+    for key, value in eager["model_state_dict"].items():
+        assert torch.allclose(value, compiled["model_state_dict"][key], atol=1e-5), key
