@@ -1,15 +1,19 @@
 """Background checkpointing: snapshot the training state into kept host buffers at the save
 point, write it from a thread while training goes on.
 
-The training loop is blocked only for the snapshot: one `copy_` of every tensor into buffers
-that are allocated once and kept between saves (fresh allocations would pay page faults on
-every save). The write itself, with every guarantee of `checkpoint.save_checkpoint` (atomic
-rename, checksum, epoch/best names published before latest), runs in a thread. At most one
-write is in flight: a new save point first waits for the previous write, so memory never holds
-more than one snapshot.
+At the save point the loop only records the state's structure (dicts, lists, plain values:
+cheap). The tensors are copied into buffers that are allocated once and kept between saves
+(fresh allocations would pay page faults on every save) by the writer thread, while the next
+step's forward and backward run: those read the weights and optimizer state but do not write
+them. The loop waits for the copy to finish just before the next `optimizer.step()`, the first
+write to any of them. Then the thread writes the file, with every guarantee of
+`checkpoint.save_checkpoint` (atomic rename, checksum, epoch/best names published before
+latest). At most one write is in flight: a new save point first waits for the previous write,
+so memory never holds more than one snapshot.
 """
 
 import threading
+import time
 
 import torch
 
@@ -69,19 +73,33 @@ class StagingBuffers:
     def snapshot(self, state):
         """A copy of `state` whose tensors live in the kept buffers; other values are copied
         structurally (lists and dicts) or shared (immutable scalars and strings)."""
+        copy, fill = self.plan(state)
+        fill()
+        return copy
+
+    def plan(self, state):
+        """The snapshot's structure now, its tensor data later: returns (copy, fill), where
+        `fill()` copies the data into the buffers. Until `fill` has returned, the tensors of
+        `state` must not change."""
         if self._preparing is not None:
             self._preparing.join()
             self._preparing = None
         seen = {}              # tensors that share storage (tied weights) share one buffer
         used = set()
-        copy = self._copy(state, (), seen, used)
-        for stream in self._streams.values():
-            stream.synchronize()   # the device-to-host copies are complete
+        pending = []           # (buffer, source) of the host copies still to make
+        copy = self._copy(state, (), seen, used, pending)
         for path in set(self._buffers) - used:
             del self._buffers[path]   # parts of the state that no longer exist
-        return copy
+        streams = list(self._streams.values())
 
-    def _copy(self, value, path, seen, used):
+        def fill():
+            for buffer, source in pending:
+                buffer.copy_(source)
+            for stream in streams:
+                stream.synchronize()   # the device-to-host copies are complete
+        return copy, fill
+
+    def _copy(self, value, path, seen, used, pending):
         if isinstance(value, torch.Tensor):
             key = _storage_key(value)
             if value.numel() and key in seen:
@@ -89,17 +107,19 @@ class StagingBuffers:
             buffer = self._buffer(path, value)
             used.add(path)
             if value.is_cuda:
+                # Queued now on a side stream (after the work already queued), so it needs no
+                # host time; `fill` waits for it.
                 stream = self._side_stream(value.device)
                 with torch.cuda.stream(stream):
                     buffer.copy_(value, non_blocking=True)
             else:
-                buffer.copy_(value)
+                pending.append((buffer, value))
             seen[key] = buffer
             return buffer
         if isinstance(value, dict):
-            return {k: self._copy(v, path + (k,), seen, used) for k, v in value.items()}
+            return {k: self._copy(v, path + (k,), seen, used, pending) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            items = [self._copy(v, path + (i,), seen, used) for i, v in enumerate(value)]
+            items = [self._copy(v, path + (i,), seen, used, pending) for i, v in enumerate(value)]
             return items if isinstance(value, list) else tuple(items)
         return value   # int, float, str, bool, None: immutable
 
@@ -126,10 +146,11 @@ class StagingBuffers:
 
 
 class BackgroundSaver:
-    """Writes snapshots from one thread, one at a time.
+    """Snapshots and writes from one thread, one at a time.
 
-    `submit` hands over a snapshot; `poll` returns the outcome of a finished write (or None);
-    `wait` blocks until the write in flight ends and returns its outcome. An outcome is
+    `submit` takes the live state; `wait_until_copied` must be called before anything
+    changes its tensors; `poll` returns the outcome of a finished write (or None); `wait`
+    blocks until the write in flight ends and returns its outcome. An outcome is
     `(ticket, error)`: the caller's ticket and None, or the exception that stopped the write
     (an OSError such as ENOSPC, or NonFiniteWeights).
     """
@@ -138,16 +159,33 @@ class BackgroundSaver:
         self.staging = StagingBuffers()
         self._thread = None
         self._outcome = None
+        self._copied = threading.Event()
+        self._copied.set()
 
-    def submit(self, snapshot, path, also, ticket):
+    def submit(self, state, path, also, ticket):
         if self._thread is not None:
             raise RuntimeError("a checkpoint write is still in flight: wait() for it first")
+        snapshot, fill = self.staging.plan(state)
+        self._copied.clear()
         self._thread = threading.Thread(target=self._write, name="checkpoint-writer",
-                                        args=(snapshot, path, also, ticket))
+                                        args=(snapshot, fill, path, also, ticket))
         self._thread.start()
 
-    def _write(self, snapshot, path, also, ticket):
+    def wait_until_copied(self):
+        """Block until the snapshot in flight holds its own copy of every tensor; returns the
+        seconds waited."""
+        if self._copied.is_set():
+            return 0.0
+        started = time.perf_counter()
+        self._copied.wait()
+        return time.perf_counter() - started
+
+    def _write(self, snapshot, fill, path, also, ticket):
         try:
+            try:
+                fill()
+            finally:
+                self._copied.set()
             weights = snapshot["model_state_dict"].values()
             if not all(torch.isfinite(t).all() for t in weights if t.is_floating_point()):
                 raise NonFiniteWeights("non-finite weights")

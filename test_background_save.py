@@ -54,26 +54,39 @@ def test_one_write_at_a_time_and_its_outcome(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt, "save_checkpoint", slow_save)
     state = trained_state()
-    saver.submit(saver.staging.snapshot(state), tmp_path / "a.pt", [], "first")
+    saver.submit(state, tmp_path / "a.pt", [], "first")
     assert saver.in_flight and saver.poll() is None
     with pytest.raises(RuntimeError, match="still in flight"):
-        saver.submit(saver.staging.snapshot(state), tmp_path / "b.pt", [], "second")
+        saver.submit(state, tmp_path / "b.pt", [], "second")
     release.set()
     assert saver.wait() == ("first", None)
     assert_tensors_equal(state, load(tmp_path / "a.pt"))
 
     monkeypatch.setattr(ckpt, "save_checkpoint", lambda *a: (_ for _ in ()).throw(
         OSError(errno.ENOSPC, "No space left on device")))
-    saver.submit(saver.staging.snapshot(state), tmp_path / "c.pt", [], "third")
+    saver.submit(state, tmp_path / "c.pt", [], "third")
     ticket, error = saver.wait()
     assert ticket == "third" and error.errno == errno.ENOSPC
+
+
+def test_the_file_holds_the_state_at_submit_even_if_it_changes_after_the_copy(tmp_path):
+    state = trained_state()
+    expected = {k: v.clone() for k, v in state["model_state_dict"].items()}
+    saver = background_save.BackgroundSaver()
+    saver.submit(state, tmp_path / "x.pt", [], None)
+    saver.wait_until_copied()
+    with torch.no_grad():
+        for weight in state["model_state_dict"].values():
+            weight.add_(1.0)      # what optimizer.step() does right after wait_until_copied
+    assert saver.wait() == (None, None)
+    assert_tensors_equal(expected, load(tmp_path / "x.pt")["model_state_dict"])
 
 
 def test_non_finite_weights_are_never_written(tmp_path):
     state = trained_state()
     next(iter(state["model_state_dict"].values()))[0] = float("nan")
     saver = background_save.BackgroundSaver()
-    saver.submit(saver.staging.snapshot(state), tmp_path / "x.pt", [], None)
+    saver.submit(state, tmp_path / "x.pt", [], None)
     _, error = saver.wait()
     assert isinstance(error, background_save.NonFiniteWeights)
     assert not (tmp_path / "x.pt").exists()

@@ -529,6 +529,11 @@ class Trainer:
         if self.settings["grad_clip"]:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
+        # The first write to weights and optimizer state since the last save point: a snapshot
+        # being copied in the background must be complete (its wait counts as save stall).
+        waited = self.saver.wait_until_copied()
+        if waited:
+            self.save_stalls[-1] += waited
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -627,20 +632,21 @@ class Trainer:
         return state
 
     def start_save(self, extra=(), revert_best_to=None, final=False):
-        """Snapshot the state and hand it to the background writer, which publishes latest
-        (and the `extra` names). Blocks only for the snapshot, after waiting for the previous
-        write. `revert_best_to` is the (best_val_loss, best_epoch) to restore if this save,
-        which carries a new best, fails."""
+        """Hand the state to the background writer, which copies it (while the next step's
+        forward and backward run) and publishes latest (and the `extra` names). Blocks only to
+        record the state's structure, after waiting for the previous write. `revert_best_to`
+        is the (best_val_loss, best_epoch) to restore if this save, which carries a new best,
+        fails."""
         self.collect_save(block=True)   # at most one write in flight
         started = time.perf_counter()
-        snapshot = self.saver.staging.snapshot(self.checkpoint_state())
+        state = self.checkpoint_state()
         p = self.progress
         where = f"epoch {p.epoch}" if not p.step_in_epoch else (
             f"epoch {p.epoch + 1} step {p.step_in_epoch}/{self.steps_per_epoch}")
         ticket = {"names": [self.run.latest.name] + [path.name for path in extra],
                   "where": where, "epoch": p.epoch, "global_step": p.global_step,
                   "revert_best_to": revert_best_to, "final": final}
-        self.saver.submit(snapshot, self.run.latest, list(extra), ticket)
+        self.saver.submit(state, self.run.latest, list(extra), ticket)
         self.save_stalls.append(time.perf_counter() - started)
 
     def collect_save(self, block):
