@@ -339,7 +339,7 @@ def main():
         ("medium transformer state (model + AdamW)", f"{snapshot_mb:.0f} MB "
                                                      f"(file {base['file_bytes'] / 1e6:.0f} MB)"),
         ("copy_ into kept buffers (quiet process)", f"{1000 * base['copy_s']:.1f} ms"),
-        ("copy_ into kept buffers (in the training run, after each save)",
+        ("copy_ into kept buffers (in the training run, just before each save)",
          f"{1000 * copy_in_run:.1f} ms"),
         ("StagingBuffers.snapshot (same, walking the state)", f"{1000 * base['snapshot_s']:.1f} ms"),
         ("synchronous save_checkpoint (torch.save + sha256 + fsync)", f"{1000 * base['sync_s']:.0f} ms"),
