@@ -1,6 +1,6 @@
 """What checkpointing costs: stall per save, end-to-end overhead, resume start-up, throughput.
 
-    python bench/bench_checkpoint.py            # about 4 minutes on 2 CPU cores
+    python bench/bench_checkpoint.py            # about 3.5 minutes on 2 CPU cores
 
 Measured in one run, on the medium transformer (44M parameters; model + AdamW state 531 MB):
 
