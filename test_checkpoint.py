@@ -386,3 +386,14 @@ def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tmp_path,
     assert sorted(n for n in after if n.endswith(".pt")) == sorted(
         n for n in good if n.endswith(".pt"))
     assert "State: diverged" in (folder / "gnn_tiny_status.txt").read_text()
+
+
+@pytest.mark.parametrize("family", models.MODEL_FAMILIES)
+def test_a_checkpoint_restores_every_tensor_of_the_model(family):
+    """A resumed model is built on the meta device and filled only from the checkpoint: a
+    buffer that is not in state_dict (persistent=False) would be left uninitialised."""
+    model = models.build_model(models.get_config(family, "tiny"))
+    in_state = set(model.state_dict())
+    every = {name for name, _ in model.named_parameters()} | {
+        name for name, _ in model.named_buffers()}
+    assert every <= in_state, f"not checkpointed: {sorted(every - in_state)}"
