@@ -7,7 +7,8 @@ killer or a scheduler does) at one of these points, counted from process start:
 
     step:N             the N-th training step, after backward and before the optimizer step
     validation:N       the N-th validation pass, after its first batch
-    save:N:BYTES       the N-th checkpoint save, once BYTES bytes of the temporary file exist
+    save:N:BYTES       the N-th checkpoint save, once torch.save has produced BYTES bytes (the
+                       temporary file then holds the 8 MiB blocks written so far)
     publish:N          the N-th checkpoint save, after the epoch/best names are published and
                        before latest is renamed into place
 
@@ -69,22 +70,21 @@ def _kill_in_validation(n):
 
 def _kill_in_save(n, size):
     saves = [0]
-    original_init = checkpoint._RecordingWriter.__init__
-    original_write = checkpoint._RecordingWriter.write
+    original_init = checkpoint._SealedWriter.__init__
+    original_write = checkpoint._SealedWriter.write
 
-    def init(self, f):
+    def init(self, fd):
         saves[0] += 1
-        original_init(self, f)
+        original_init(self, fd)
 
     def write(self, data):
         result = original_write(self, data)
-        if saves[0] == n and self.f.tell() >= size:
-            self.f.flush()
+        if saves[0] == n and self.size >= size:
             _die()
         return result
 
-    checkpoint._RecordingWriter.__init__ = init
-    checkpoint._RecordingWriter.write = write
+    checkpoint._SealedWriter.__init__ = init
+    checkpoint._SealedWriter.write = write
 
 
 def _kill_before_latest(n):

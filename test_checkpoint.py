@@ -71,6 +71,56 @@ def test_save_load_round_trip_keeps_every_tensor(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r_best.pt", "r_latest.pt"]
 
 
+def expected_sealed_bytes(state):
+    """The documented format, built independently: torch.save's archive (without the zip
+    CRC-32 save_checkpoint skips), the end record's comment length set, and
+    `sha256:<hex of every byte before the comment>` appended."""
+    import io
+    buffer = io.BytesIO()
+    with ckpt._without_zip_crc32():
+        torch.save(state, buffer)
+    body = bytearray(buffer.getvalue())
+    body[-2:] = (len("sha256:") + 64).to_bytes(2, "little")
+    return bytes(body) + b"sha256:" + hashlib.sha256(body).hexdigest().encode()
+
+
+def direct_io_works(folder):
+    fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT)
+    try:
+        return ckpt._set_direct_io(fd, True)
+    finally:
+        os.close(fd)
+        os.unlink(folder / "probe")
+
+
+@pytest.mark.parametrize("direct, align, block", [(True, 4096, 8192), (False, 4096, 8192),
+                                                  (False, 24, 72)],
+                         ids=["O_DIRECT", "page cache", "page cache, 72-byte blocks"])
+def test_written_bytes_are_the_format_at_every_block_boundary(tmp_path, monkeypatch, direct,
+                                                              align, block):
+    # Small blocks, and payloads of many sizes, so the end record falls before, on, across
+    # and after block boundaries (72-byte blocks, kept-back 24 bytes, which is not a divisor
+    # of torch's 64-byte record alignment, reach every offset); the file must be the same.
+    if direct and not direct_io_works(tmp_path):
+        pytest.skip(f"the file system of {tmp_path} has no O_DIRECT")
+    if not direct:
+        monkeypatch.setattr(ckpt, "_set_direct_io", lambda fd, on: False)
+    monkeypatch.setattr(ckpt._SealedWriter, "_ALIGN", align)
+    monkeypatch.setattr(ckpt._SealedWriter, "_BLOCK", block)
+    used = []
+    real_init = ckpt._SealedWriter.__init__
+    monkeypatch.setattr(ckpt._SealedWriter, "__init__",
+                        lambda self, fd: (real_init(self, fd), used.append(self.direct))[0])
+    sizes = [0, 1, 8000, 8192, 8200, 12288, 40_000, 100_003] + list(range(100, 172, 3))
+    for n in sizes:
+        state = {"w": torch.arange(n, dtype=torch.uint8), "epoch": n}
+        path = tmp_path / f"n{n}.pt"
+        ckpt.save_checkpoint(state, path)
+        assert path.read_bytes() == expected_sealed_bytes(state), n
+        assert torch.equal(load(path)["w"], state["w"])
+    assert used == [direct] * len(sizes)
+
+
 def test_rng_state_round_trip_replays_every_generator():
     import random
     import numpy as np

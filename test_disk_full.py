@@ -21,34 +21,24 @@ def failure(code):
     return OSError(code, os.strerror(code))
 
 
-class FailingFile:
-    """A file whose writes fail once `limit` bytes are in it, as a filling disk does."""
+def fail_writes_after(monkeypatch, limit, code):
+    """Make a checkpoint's writes fail once `limit` bytes are in the file, as a filling disk
+    does: the bytes that fit are written, then the error."""
+    real_write_all = ckpt._write_all
 
-    def __init__(self, f, limit, code):
-        self.f, self.limit, self.code = f, limit, code
+    def write_all(writer, data):
+        room = max(0, limit - writer.written)
+        real_write_all(writer, data[:room])
+        if len(data) > room:
+            raise failure(code)
 
-    def write(self, data):
-        if self.f.tell() + len(data) > self.limit:
-            raise failure(self.code)
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
+    monkeypatch.setattr(ckpt, "_write_all", write_all)
 
 
 def inject(monkeypatch, stage, code):
     """Make one stage of save_checkpoint fail with `code`."""
     if stage == "write":
-        real_open = open
-        monkeypatch.setattr(ckpt, "open", lambda path, mode="r", *a, **k: FailingFile(
-            real_open(path, mode, *a, **k), 100_000, code) if "+" in mode else
-            real_open(path, mode, *a, **k), raising=False)
+        fail_writes_after(monkeypatch, 100_000, code)
     elif stage == "fsync":
         monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(failure(code)))
     elif stage == "link":
