@@ -1,6 +1,6 @@
 """What checkpointing costs: stall per save, end-to-end overhead, resume start-up, throughput.
 
-    python bench/bench_checkpoint.py            # about 3.5 minutes on 2 CPU cores
+    python bench/bench_checkpoint.py            # about 4.5 minutes on 2 CPU cores
 
 Measured in one run, on the medium transformer (44M parameters; model + AdamW state 531 MB):
 
@@ -95,7 +95,17 @@ def child_train(args, saving):
 
     train.Trainer.train = timed
     code = train.main(args)
-    print(json.dumps({"code": code, **timing}))
+    measuring = sum(t.numel() * t.element_size() for t in kept.values()) if saving else 0
+    print(json.dumps({"code": code, "peak_rss_mb": (peak_rss() - measuring) / 1e6, **timing}))
+
+
+def peak_rss():
+    """This process's peak resident memory in bytes: VmHWM, which starts afresh at exec.
+    (getrusage's ru_maxrss would include the parent's memory before exec.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def child_first_step(args):
@@ -112,8 +122,8 @@ def child_first_step(args):
     train.main(args)
 
 
-def child_throughput(model_args):
-    """Samples/s of one epoch: train.py's loop against a bare loop, best of two each."""
+def child_throughput(model_args, attempts):
+    """Samples/s of one epoch: train.py's loop against a bare loop, best of `attempts` each."""
     import torch
     import data
     import models
@@ -166,7 +176,7 @@ def child_throughput(model_args):
     dataset = train.load_dataset(settings, config)
     bare, ours = [], []
     with tempfile.TemporaryDirectory() as folder:
-        for attempt in range(2):
+        for attempt in range(attempts):
             bare.append(bare_epoch(settings, config, dataset))
             ours.append(train_epoch(Path(folder) / str(attempt)))
     n = len(dataset.train)
@@ -181,19 +191,16 @@ def child_throughput(model_args):
 # The parent: measurements and the table
 # --------------------------------------------------------------------------------------------
 
-def run_child(*args, cwd=None):
-    """Run this file as a child; returns (last JSON line, peak RSS in MB)."""
+def run_child(*args):
+    """Run this file as a child; returns its last line of output, as JSON."""
     with tempfile.TemporaryFile("w+") as errors:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", *args], cwd=cwd,
-                                stdout=subprocess.PIPE, stderr=errors, text=True)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.run([sys.executable, __file__, "--child", *args],
+                              stdout=subprocess.PIPE, stderr=errors, text=True)
         if proc.returncode != 0:
             errors.seek(0)
-            raise SystemExit(f"child {args[:2]} failed ({proc.returncode}):\n{out}"
+            raise SystemExit(f"child {args[:2]} failed ({proc.returncode}):\n{proc.stdout}"
                              f"{errors.read()[-3000:]}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def time_to_first_step(args, repeats=2):
@@ -294,19 +301,28 @@ def main():
             return child_train(json.loads(rest[0]), saving=rest[1] == "saving")
         if kind == "first-step":
             return child_first_step(json.loads(rest[0]))
-        return child_throughput(json.loads(rest[0]))
+        return child_throughput(json.loads(rest[0]), int(rest[1]))
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         base = measure_copy_and_sync(work)
 
-        save_dir, nosave_dir = work / "saving", work / "nosave"
-        saving_args = [*MEDIUM_RUN, "--epochs", "1", "--checkpoint-every-steps", "50",
-                       "--checkpoint-dir", str(save_dir)]
-        with_saves, rss_saving = run_child("train", json.dumps(saving_args), "saving")
-        without, rss_nosave = run_child("train", json.dumps(
-            [*MEDIUM_RUN, "--epochs", "1", "--checkpoint-dir", str(nosave_dir)]), "nosave")
+        # Identical runs here differ by 1-5%, as much as the effect measured: the saving run
+        # goes between two runs without saving, and is compared with the faster of them
+        # (which can only overstate the overhead).
+        runs = {"saving": [], "nosave": []}
+        for attempt, kind in enumerate(("nosave", "saving", "nosave")):
+            folder = work / f"{kind}{attempt}"
+            args = [*MEDIUM_RUN, "--epochs", "1", "--checkpoint-dir", str(folder)]
+            if kind == "saving":
+                args += ["--checkpoint-every-steps", "50"]
+            result = run_child("train", json.dumps(args), kind)
+            result["folder"] = folder
+            runs[kind].append(result)
+        with_saves = runs["saving"][0]
+        without = min(runs["nosave"], key=lambda r: r["train_s"])
+        save_dir = with_saves["folder"]
         progress = json.loads((save_dir / "transformer_medium_progress.json").read_text())
         stall = progress["checkpoint_stall"]
 
@@ -316,10 +332,17 @@ def main():
         fresh_s = time_to_first_step([*MEDIUM_RUN, "--epochs", "2", "--checkpoint-dir",
                                       str(work / "fresh")])
 
+        # Best of 2 tiny-transformer epochs (7 s each) and of 4 GNN epochs (1 s each: the
+        # shorter the measurement, the more a moment of noise weighs).
         tput = {}
-        for model, args in (("transformer", ["--num-samples", "700"]),
-                            ("gnn", ["--model", "gnn", "--num-samples", "4000"])):
-            tput[model], _ = run_child("throughput", json.dumps(args))
+        for model, args, attempts in (("transformer", ["--num-samples", "700"], 2),
+                                      ("gnn", ["--model", "gnn", "--num-samples", "4000"], 4)):
+            tput[model] = run_child("throughput", json.dumps(args), str(attempts))
+
+    rss_saving, rss_nosave = with_saves["peak_rss_mb"], without["peak_rss_mb"]
+
+    def all_runs(kind):
+        return " ".join(f"{r['train_s']:.1f}" for r in runs[kind])
 
     copy_in_run = statistics.mean(with_saves["copy_s"])
     stall_vs_copy = stall["mean_s"] / copy_in_run
@@ -347,13 +370,14 @@ def main():
          f"{1000 * stall['mean_s']:.1f} / {1000 * stall['max_s']:.1f} ms"),
         ("stall / copy", f"{stall_vs_copy:.2f}x"),
         ("sync / stall", f"{stall_vs_sync:.0f}x"),
-        ("training 100 steps + epoch: saving every 50 / no saving",
-         f"{with_saves['train_s']:.1f} s / {without['train_s']:.1f} s ({overhead:+.1f}%)"),
+        ("training 100 steps + epoch: saving every 50 / no saving (faster of 2)",
+         f"{with_saves['train_s']:.1f} s / {without['train_s']:.1f} s ({overhead:+.1f}%; all "
+         f"runs {all_runs('saving')} / {all_runs('nosave')} s)"),
         ("training slowed by a background write (per mid-epoch save)",
          f"{extra_per_save:.2f} s over {len(during)} steps (quiet step {quiet:.2f} s)"),
-        ("peak RSS: saving / no saving", f"{rss_saving:.0f} MB / {rss_nosave:.0f} MB "
-                                         f"(+{rss_saving - rss_nosave:.0f} MB; snapshot "
-                                         f"{snapshot_mb:.0f} MB)"),
+        ("peak RSS of the training process: saving / no saving",
+         f"{rss_saving:.0f} MB / {rss_nosave:.0f} MB (+{rss_saving - rss_nosave:.0f} MB; "
+         f"snapshot {snapshot_mb:.0f} MB)"),
         ("process start to first step: resume / fresh", f"{resume_s:.2f} s / {fresh_s:.2f} s"),
         ("transformer tiny: train.py / bare tokens/s",
          f"{tput['transformer']['units'] / tput['transformer']['ours_s']:.0f} / "
