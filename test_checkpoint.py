@@ -19,7 +19,7 @@ import checkpoint as ckpt
 import data
 import models
 import train
-from conftest import (GNN_ARGS, MODEL_ARGS, REPO, RUN_NAME, TrainProcess, assert_same_run,
+from conftest import (GNN_ARGS, MODEL_ARGS, REPO, TrainProcess, assert_same_run,
                       assert_tensors_equal, load, run_main, run_train)
 
 

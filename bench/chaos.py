@@ -16,7 +16,6 @@ The last line printed is
 
 import argparse
 import random
-import re
 import subprocess
 import sys
 import tempfile
