@@ -1,7 +1,9 @@
 """Shared test helpers: run train.py as users do (a real process), watch its output, compare
 checkpoints tensor by tensor."""
 
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -22,24 +24,44 @@ MODEL_ARGS = {"transformer": TRANSFORMER_ARGS, "gnn": GNN_ARGS}
 RUN_NAME = {"transformer": "transformer_tiny", "gnn": "gnn_tiny"}
 
 
-def train_command(args, fault=None):
-    """argv for train.py, or for fault_injection.py when a SIGKILL point is given."""
+def train_command(args, fault=None, nproc=1):
+    """argv for train.py, or for fault_injection.py when a SIGKILL point is given; with
+    `nproc` > 1, train.py under torchrun on this machine (gloo on CPU)."""
     if fault:
         return [sys.executable, str(REPO / "fault_injection.py"), fault, *map(str, args)]
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={nproc}", str(REPO / "train.py"), *map(str, args)]
     return [sys.executable, str(REPO / "train.py"), *map(str, args)]
 
 
-def run_train(args, cwd, fault=None, timeout=300):
+def run_train(args, cwd, fault=None, timeout=300, nproc=1):
     """Run train.py to its end; returns the CompletedProcess (text stdout and stderr)."""
-    return subprocess.run(train_command(args, fault), cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(train_command(args, fault, nproc), cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def children(pid):
+    """Process ids of the children of `pid`, from /proc (Linux)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:   # the thread ended meanwhile
+            pass
+    return found
+
+
+def descendants(pid):
+    found = children(pid)
+    return found + [d for child in found for d in descendants(child)]
 
 
 class TrainProcess:
     """train.py running in the background, its output read line by line as it comes."""
 
-    def __init__(self, args, cwd, fault=None):
-        self.proc = subprocess.Popen(train_command(args, fault), cwd=cwd, text=True,
+    def __init__(self, args, cwd, fault=None, nproc=1):
+        self.proc = subprocess.Popen(train_command(args, fault, nproc), cwd=cwd, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines = queue.Queue()
         self.stdout, self.stderr = [], []
@@ -72,6 +94,15 @@ class TrainProcess:
 
     def send(self, signum):
         self.proc.send_signal(signum)
+
+    def kill_all(self):
+        """SIGKILL to the process and all its descendants at once (torchrun starts each rank
+        in a session of its own), as a scheduler that kills the job's cgroup does."""
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def finish(self, timeout=300):
         """Wait for the exit; returns the exit code."""

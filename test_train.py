@@ -188,7 +188,7 @@ def test_batch_size_may_change_in_the_middle_of_an_epoch(tmp_path, capsys):
 
     def save_then_stop(self, *args, **kwargs):
         saved = original(self, *args, **kwargs)
-        self.stop.signum = 15
+        self.stop.received = 15
         return saved
 
     handlers = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}

@@ -22,11 +22,13 @@ from tqdm import tqdm
 import background_save
 import checkpoint as ckpt
 import data
+import distributed
 import metrics
 import models
 import report
 
-EXIT_OK, EXIT_SAVE_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_OK, EXIT_SAVE_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PEER_LOST = 0, 1, 2, 3, 4
+DIST_TIMEOUT_MINUTES = 30.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 FAMILY_DEFAULTS = {
@@ -53,21 +55,42 @@ HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "validity", "diversity", "lr"
 
 
 class UsageError(Exception):
-    """Bad input from the user: one line on stderr, exit code 2, nothing written."""
+    """Bad input from the user: one line on stderr, exit code 2, nothing written. Under
+    torchrun rank 0 says it, unless the problem is `this_rank`'s own."""
+
+    def __init__(self, message, this_rank=False):
+        super().__init__(message)
+        self.this_rank = this_rank
+
+
+class Quiet(Exception):
+    """Exit with `code` and no message: rank 0 has already said why."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
 
 
 class Diverged(Exception):
     """A non-finite loss or parameter: exit code 3, nothing saved."""
 
 
+def rank_zero():
+    """True unless this is a rank other than 0 of a torchrun job. Only rank 0 talks to the
+    user: the others would repeat every line."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def say(message):
-    tqdm.write(message, file=sys.stdout)
-    sys.stdout.flush()
+    if rank_zero():
+        tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()
 
 
 def warn(message):
-    tqdm.write(f"warning: {message}", file=sys.stderr)
-    sys.stderr.flush()
+    if rank_zero():
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+        sys.stderr.flush()
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,9 +108,11 @@ def build_parser():
         description="Train the antibody transformer or the DNA transport GNN. Rerunning the "
                     "same command resumes the run where it stopped; Ctrl+C, SIGTERM and SIGUSR1 "
                     "save before exiting.",
-        epilog="Exit codes: 0 done or nothing to do, 1 a checkpoint that had to be written at "
-               "exit could not be, 2 bad input, 3 diverged, 128+N stopped by signal N after "
-               "saving.")
+        epilog="Several processes: torchrun --nproc_per_node=N train.py ... (DDP; --batch-size "
+               "is the batch of each step, split between the processes). Exit codes: 0 done or "
+               "nothing to do, 1 a checkpoint that had to be written at exit could not be, 2 "
+               "bad input, 3 diverged, 4 a torchrun job lost one of its processes, 128+N "
+               "stopped by signal N after saving.")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=models.MODEL_FAMILIES,
                    help="model family (default transformer)")
@@ -151,6 +176,10 @@ def build_parser():
                    help="start over: move the run's files into a dated folder first")
     g.add_argument("--output-dir", "--output_dir", metavar="DIR",
                    help="folder for sampled sequences (default: the checkpoint folder)")
+    g = p.add_argument_group("several processes (under torchrun)")
+    g.add_argument("--dist-timeout", "--dist_timeout", type=float, metavar="MINUTES",
+                   help="a process that waits this long for the others gives up with exit "
+                        f"code 4 (default {DIST_TIMEOUT_MINUTES:g}); given per run, not stored")
     return p
 
 
@@ -171,6 +200,10 @@ def validate(explicit):
         if key in explicit:
             _check(explicit[key] >= 0, f"--{key.replace('_', '-')} must be 0 or more "
                                        f"(got {explicit[key]})")
+    if "dist_timeout" in explicit:
+        _check(math.isfinite(explicit["dist_timeout"]) and explicit["dist_timeout"] > 0,
+               f"--dist-timeout must be a positive number of minutes "
+               f"(got {explicit['dist_timeout']})")
     for key in ("weight_decay", "grad_clip", "checkpoint_every_minutes"):
         if key in explicit:
             _check(math.isfinite(explicit[key]) and explicit[key] >= 0,
@@ -189,18 +222,24 @@ def validate(explicit):
         raise UsageError("--fresh and --resume-from contradict each other: choose one")
 
 
-def resolve_device(name):
+def resolve_device(name, procs):
+    """The torch device for --device. Under torchrun, `cuda` (or `auto` with CUDA) means the
+    GPU of this process's LOCAL_RANK."""
     name = name or "auto"
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})") from None
     if device.type == "cuda":
         _check(torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
+        if device.index is None and procs.active:
+            device = torch.device("cuda", procs.local_rank)
         _check(device.index is None or device.index < torch.cuda.device_count(),
                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        if device.index is not None:
+            torch.cuda.set_device(device)
     else:
         _check(device.type == "cpu", f"--device must be auto, cpu, cuda or cuda:N (got {name!r})")
     return device
@@ -381,15 +420,22 @@ class Progress:
 class StopRequest:
     """Remembers the first SIGINT, SIGTERM or SIGUSR1. The handler only sets a flag; the loop
     saves at the next step boundary. Saving inside the handler could interrupt a save in
-    progress, and a second Ctrl+C while saving only sets the flag again."""
+    progress, and a second Ctrl+C while saving only sets the flag again.
+
+    Under torchrun (`shared`), a signal may reach one rank only, or the ranks at different
+    moments. The loop then acts only on the stop all ranks agreed on: each step sums every
+    rank's `local_flags()` and hands the result to `agree`, so all ranks see the same stop
+    after the same step."""
 
     def __init__(self):
-        self.signum = None
+        self.received = None   # the first stop signal this process received
+        self.agreed = None     # under torchrun: the stop every rank acts on
+        self.shared = False
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.signum is None:
-            self.signum = signum
+        if self.received is None:
+            self.received = signum
 
     def __enter__(self):
         for s in STOP_SIGNALS:
@@ -401,6 +447,19 @@ class StopRequest:
             # Once a stop was acted on, the process is on its way out with 128+signal: a
             # further Ctrl+C must not turn that exit into a KeyboardInterrupt traceback.
             signal.signal(s, signal.SIG_IGN if self.requested else handler)
+
+    def local_flags(self):
+        return [float(self.received == s) for s in STOP_SIGNALS]
+
+    def agree(self, summed_flags):
+        """Adopt the stop that some rank received (the first of STOP_SIGNALS, if several)."""
+        if self.agreed is None:
+            self.agreed = next((s for s, n in zip(STOP_SIGNALS, summed_flags) if n), None)
+
+    @property
+    def signum(self):
+        """The stop the loop acts on, or None."""
+        return self.agreed if self.shared else self.received
 
     @property
     def requested(self):
@@ -419,14 +478,22 @@ class Trainer:
     """One run: the loop over epochs and steps, and every save it makes."""
 
     def __init__(self, settings, run, config, model, optimizer, scheduler, scaler, dataset,
-                 device, progress, stop, compile_model=False):
+                 device, progress, stop, procs, compile_model=False):
         self.settings, self.run, self.config = settings, run, config
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.scaler = scaler
         self.autocast_dtype = AUTOCAST_DTYPES[settings["precision"]]
-        # Compiling the bound `loss` keeps `self.model` the plain module: its state_dict has
-        # no `_orig_mod.` prefixes.
-        self.training_loss = torch.compile(model.loss) if compile_model else model.loss
+        self.procs = procs
+        # Under torchrun the loss goes through DistributedDataParallel, which averages the
+        # gradients over the ranks during backward. Either way `self.model` stays the plain
+        # module, whose state_dict has no `module.` or `_orig_mod.` prefixes.
+        if procs.active:
+            with distributed.peers_watched():   # DDP starts by broadcasting rank 0's weights
+                step_loss = distributed.data_parallel(model, device)
+        else:
+            step_loss = model.loss
+        self.training_loss = torch.compile(step_loss) if compile_model else step_loss
+        self.time_save_due = False   # under torchrun: rank 0's clock, agreed at each step
         self.dataset, self.device, self.progress, self.stop = dataset, device, progress, stop
         self.last_checkpoint = None
         self.save_error = None
@@ -452,12 +519,15 @@ class Trainer:
             with tqdm(total=p.step_in_epoch + math.ceil(
                     (self.n_train - p.samples_in_epoch) / self.batch_size),
                     initial=p.step_in_epoch, desc=f"Epoch {epoch}/{s['epochs']}", unit="step",
-                    file=sys.stderr, dynamic_ncols=True) as bar:
+                    file=sys.stderr, dynamic_ncols=True, disable=not self.procs.main) as bar:
                 while p.samples_in_epoch < self.n_train and not self.stop.requested:
+                    # The step's batch is the next slice of the epoch's order, whatever the
+                    # number of processes; each rank trains on its share of it.
                     indices = order[p.samples_in_epoch:p.samples_in_epoch + self.batch_size]
-                    loss = self.train_step(self.dataset.data.batch(indices))
+                    loss = self.train_step(indices, self.procs.main and self.save_interval_passed(
+                        last_save_time))
                     p.record_step(len(indices), loss)
-                    if not self.saver.staging.prepared:
+                    if self.procs.main and not self.saver.staging.prepared:
                         # After the first step the optimizer state exists: the whole layout.
                         self.saver.staging.prepare_in_background(self.checkpoint_state())
                     bar.update()
@@ -492,7 +562,7 @@ class Trainer:
             last_save_time, last_save_step = time.monotonic(), p.global_step
             if not (last or self.stop.requested):
                 continue   # the write goes on in the background during the next epoch
-            saved = self.collect_save(block=True)
+            saved = self.final_save_outcome()
             if last and not saved:
                 self.write_run_files("failed: the final checkpoint could not be saved")
                 return EXIT_SAVE_FAILED
@@ -501,6 +571,7 @@ class Trainer:
                 # own save above already holds every step.
                 say(f"Stopping on {self.stop.name} after epoch {epoch} ({p.global_step} "
                     f"steps in all)")
+                self.note_stop_on_other_rank()
                 if not saved:
                     self.write_run_files(f"failed: could not save on {self.stop.name}")
                     return EXIT_SAVE_FAILED
@@ -515,17 +586,25 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
                               enabled=self.autocast_dtype is not None)
 
-    def train_step(self, batch):
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        with self.autocast():
-            loss, _ = self.training_loss(batch)
-        value = loss.item()
+    def train_step(self, indices, save_interval_passed=False):
+        """One optimizer step on the batch `indices`; returns its mean loss over all ranks."""
+        if not self.procs.active:
+            batch = self.dataset.data.batch(indices)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with self.autocast():
+                loss, _ = self.training_loss(batch)
+            value = loss.item()
+        else:
+            with distributed.peers_watched():
+                loss, value = self.distributed_loss(indices, save_interval_passed)
         if not math.isfinite(value):
             raise Diverged(f"training diverged: loss is {value} at step {self.progress.global_step + 1} "
                            f"(epoch {self.progress.epoch + 1})")
         self.optimizer.zero_grad(set_to_none=True)
-        # The scaler is a no-op unless --precision fp16.
-        self.scaler.scale(loss).backward()
+        # The scaler is a no-op unless --precision fp16. Under torchrun, DDP averages the
+        # gradients over the ranks during backward.
+        with distributed.peers_watched():
+            self.scaler.scale(loss).backward()
         if self.settings["grad_clip"]:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
@@ -539,6 +618,30 @@ class Trainer:
         self.scheduler.step()
         return value
 
+    def own_share(self, indices):
+        """(this rank's share of a batch, its weight: 1, or 0 for a stand-in sample). At the end
+        of an epoch a batch may have fewer samples than ranks; a rank left without one runs the
+        batch's first sample with weight 0, because every rank must take part in each step."""
+        own = distributed.shard(indices, self.procs.rank, self.procs.world_size)
+        return (own, 1.0) if len(own) else (indices[:1], 0.0)
+
+    def distributed_loss(self, indices, save_interval_passed):
+        """This rank's loss, scaled so that DDP's average of the ranks' gradients is the
+        gradient of the whole batch's mean loss (the shares may differ in size), and that mean
+        as a number. The same small all-reduce carries every rank's stop signals and rank 0's
+        checkpoint clock, so all ranks stop and save after the same step."""
+        own, weight = self.own_share(indices)
+        batch = {k: v.to(self.device, non_blocking=True)
+                 for k, v in self.dataset.data.batch(own).items()}
+        with self.autocast():
+            loss, count = self.training_loss(batch)
+        count = weight * float(count)
+        total_loss, total_count, time_due, *stops = self.procs.sum(
+            [loss.item() * count, count, float(save_interval_passed), *self.stop.local_flags()])
+        self.stop.agree(stops)
+        self.time_save_due = time_due > 0
+        return loss * (count * self.procs.world_size / total_count), total_loss / total_count
+
     @torch.no_grad()
     def validation_loss(self):
         """Mean validation loss per token (transformer) or per graph (gnn), or None when a
@@ -549,11 +652,20 @@ class Trainer:
         for start in range(0, len(val), self.batch_size):
             if self.stop.requested:
                 return None
-            batch = self.dataset.data.batch(val[start:start + self.batch_size])
+            indices = val[start:start + self.batch_size]
+            own, weight = self.own_share(indices) if self.procs.active else (indices, 1)
+            batch = self.dataset.data.batch(own)
             with self.autocast():
                 loss, n = self.model.loss({k: v.to(self.device) for k, v in batch.items()})
-            total += loss.item() * int(n)
-            count += int(n)
+            if self.procs.active:
+                batch_total, n, *stops = self.procs.sum(
+                    [loss.item() * int(n) * weight, int(n) * weight, *self.stop.local_flags()])
+                self.stop.agree(stops)
+                total += batch_total
+                count += n
+            else:
+                total += loss.item() * int(n)
+                count += int(n)
         self.model.train()
         value = total / count
         if not math.isfinite(value):
@@ -562,7 +674,7 @@ class Trainer:
         return value
 
     def sampling_due(self, epoch):
-        return (self.config.model == "transformer"
+        return (self.procs.main and self.config.model == "transformer"
                 and (epoch % self.settings["eval_interval"] == 0
                      or epoch == self.settings["epochs"]))
 
@@ -587,21 +699,38 @@ class Trainer:
         if self.progress.samples_in_epoch >= self.n_train:
             return False   # the epoch's own save follows validation
         by_steps = s["checkpoint_every_steps"] and steps_since_save >= s["checkpoint_every_steps"]
-        by_time = (s["checkpoint_every_minutes"]
-                   and time.monotonic() - last_save_time >= 60 * s["checkpoint_every_minutes"])
+        # Under torchrun every rank must reach the save point: rank 0's clock, agreed in the
+        # step's all-reduce, decides for all.
+        by_time = (self.time_save_due if self.procs.active
+                   else self.save_interval_passed(last_save_time))
         return bool(by_steps or by_time)
+
+    def save_interval_passed(self, last_save_time):
+        minutes = self.settings["checkpoint_every_minutes"]
+        return bool(minutes) and time.monotonic() - last_save_time >= 60 * minutes
 
     def stop_and_save(self):
         """Save latest at this step boundary and return 128 + signal (1 if the save failed)."""
         p = self.progress
         say(f"Stopping on {self.stop.name}: saving latest at epoch {p.epoch + 1}, "
             f"step {p.step_in_epoch} of the epoch ({p.global_step} steps in all)")
+        self.note_stop_on_other_rank()
         self.start_save(final=True)
-        if not self.collect_save(block=True):
+        if not self.final_save_outcome():
             self.write_run_files(f"failed: could not save on {self.stop.name}")
             return EXIT_SAVE_FAILED
         self.write_run_files(f"interrupted by {self.stop.name}")
         return 128 + self.stop.signum
+
+    def note_stop_on_other_rank(self):
+        """One line from each rank but 0, which speaks for the run: in a cluster log it shows
+        that every rank stopped after the same step, whichever rank the signal reached."""
+        if not self.procs.main:
+            received = "" if self.stop.received is None else (
+                f" (received {signal.Signals(self.stop.received).name} itself)")
+            print(f"rank {self.procs.rank}: stopping on {self.stop.name} after global step "
+                  f"{self.progress.global_step}{received}; rank 0 saves", file=sys.stderr,
+                  flush=True)
 
     # -- saving -------------------------------------------------------------------------------
 
@@ -623,6 +752,7 @@ class Trainer:
             "rng_state": ckpt.capture_rng_state(),
             "format_version": ckpt.FORMAT_VERSION,
             "data_fingerprint": self.dataset.fingerprint,
+            "world_size": self.procs.world_size,
         }
         state.update(self.progress.to_checkpoint())
         if self.dataset.energy_grid is not None:
@@ -636,10 +766,18 @@ class Trainer:
         forward and backward run) and publishes latest (and the `extra` names). Blocks only to
         record the state's structure, after waiting for the previous write. `revert_best_to`
         is the (best_val_loss, best_epoch) to restore if this save, which carries a new best,
-        fails."""
+        fails.
+
+        Under torchrun every rank calls this at the same step: rank 0 gathers the others' RNG
+        states (their dropout streams differ) and is the only one that writes."""
+        rng_states = self.procs.gather(ckpt.capture_rng_state()) if self.procs.active else None
+        if not self.procs.main:
+            return
         self.collect_save(block=True)   # at most one write in flight
         started = time.perf_counter()
         state = self.checkpoint_state()
+        if rng_states is not None:
+            state["rng_state_per_rank"] = rng_states
         p = self.progress
         where = f"epoch {p.epoch}" if not p.step_in_epoch else (
             f"epoch {p.epoch + 1} step {p.step_in_epoch}/{self.steps_per_epoch}")
@@ -685,6 +823,13 @@ class Trainer:
         self.write_run_files("running")
         return True
 
+    def final_save_outcome(self):
+        """Wait for the write in flight; True if it was committed. Under torchrun the other
+        ranks wait for rank 0's outcome: they exit with the same code, and not before the file
+        is on disk (torchrun stops the remaining processes once one has exited)."""
+        saved = self.collect_save(block=True) if self.procs.main else None
+        return bool(self.procs.broadcast(saved))
+
     def finish_background_write(self):
         """On the way out after an error: let the write in flight (a snapshot taken before the
         error) complete and report it; the error being handled matters more than its outcome."""
@@ -694,6 +839,8 @@ class Trainer:
             pass
 
     def write_run_files(self, state, quiet=False):
+        if not self.procs.main:
+            return   # only rank 0 touches the checkpoint folder
         record = report.progress_record(state, self.progress, self.settings,
                                         self.last_checkpoint, self.save_error,
                                         self.steps_per_epoch, self.save_stalls)
@@ -809,27 +956,48 @@ def restore(state, model, optimizer, scheduler, settings, explicit, steps_per_ep
     ckpt.restore_rng_state(state["rng_state"])
 
 
-def run_training(explicit, stop):
-    validate(explicit)
-    settings, run, state, source, skipped = prepare(explicit)
-    if state is not None and state["epoch"] >= settings["epochs"]:
-        say(f"Run {run.name} has already trained {state['epoch']} of {settings['epochs']} "
-            f"epochs: nothing to do (raise --epochs to train further, or --fresh to start over)")
-        return EXIT_OK
-    device = resolve_device(settings["device"])
-    config = models.config_from_dict(state["config"]) if state else models.get_config(
-        settings["model"], settings["config"])
-    try:
-        dataset = load_dataset(settings, config)
-    except data.DataError as e:
-        raise UsageError(str(e)) from None
-    if state is not None and state.get("data_fingerprint") != dataset.fingerprint:
-        raise UsageError(f"the data differs from what {source} was trained on "
-                         f"({settings['data'] or 'built-in data'}); use --fresh or another --name")
+def agree_on_start(explicit, procs):
+    """`prepare` on rank 0, which alone decides which run this is and what it resumes from;
+    the other ranks receive the decision and load the same checkpoint file (read only)."""
+    if not procs.active:
+        return prepare(explicit)
+    error = None
+    if procs.main:
+        try:
+            settings, run, state, source, skipped = prepare(explicit)
+        except UsageError as e:
+            procs.broadcast({"error": str(e)})
+            raise
+        procs.broadcast({"settings": settings, "source": source and str(source)})
+    else:
+        decision = procs.broadcast(None)
+        if "error" in decision:
+            raise Quiet(EXIT_BAD_INPUT)
+        settings, source, state, skipped = decision["settings"], decision["source"], None, []
+        run = ckpt.RunFiles(Path(settings["checkpoint_dir"]), settings["name"])
+        if source:
+            try:
+                state = ckpt.load_checkpoint(source)
+            except ckpt.CheckpointError as e:
+                error = UsageError(f"cannot read {source}, which rank 0 resumes from: {e}",
+                                   this_rank=True)
+    if not procs.all_ok(error is None):
+        if error is not None:
+            raise error
+        if procs.main:
+            raise UsageError(f"another process could not read {source}: every node must see "
+                             f"--checkpoint-dir on a shared file system")
+        raise Quiet(EXIT_BAD_INPUT)
+    return settings, run, state, source, skipped
+
+
+def claim_run_folder(explicit, run, state, source, skipped, settings):
+    """Rank 0's part of start-up: check the folders, take the run lock, clear what a killed
+    writer left, and move aside files that resuming from `state` would overwrite. Returns
+    the lock."""
     check_writable_folder(run.directory, "--checkpoint-dir")
     if settings["output_dir"]:
         check_writable_folder(settings["output_dir"], "--output-dir")
-
     try:
         run.directory.mkdir(parents=True, exist_ok=True)
         if settings["output_dir"]:
@@ -841,14 +1009,14 @@ def run_training(explicit, stop):
     except OSError as e:
         raise UsageError(f"--checkpoint-dir {run.directory}: {e.strerror}") from None
     try:
-        return _train_locked(explicit, settings, run, state, source, skipped, config, dataset,
-                             device, stop)
-    finally:
+        tidy_run_folder(explicit, run, state, source, skipped)
+    except BaseException:
         lock.release()
+        raise
+    return lock
 
 
-def _train_locked(explicit, settings, run, state, source, skipped, config, dataset, device,
-                  stop):
+def tidy_run_folder(explicit, run, state, source, skipped):
     for path in run.stale_temp_files():
         os.unlink(path)   # left by a writer that was killed mid-save; the lock says it is gone
     if explicit.get("fresh") and run.existing():
@@ -867,13 +1035,87 @@ def _train_locked(explicit, settings, run, state, source, skipped, config, datas
             folder = ckpt.move_aside(run, aside)
             say(f"Moved {', '.join(p.name for p in aside)} to {folder} (they were damaged or "
                 f"newer than the checkpoint resumed from)")
+
+
+def run_training(explicit, stop, procs):
+    settings, run, state, source, skipped = agree_on_start(explicit, procs)
+    if state is not None and state["epoch"] >= settings["epochs"]:
+        say(f"Run {run.name} has already trained {state['epoch']} of {settings['epochs']} "
+            f"epochs: nothing to do (raise --epochs to train further, or --fresh to start over)")
+        return EXIT_OK
+    device = resolve_device(settings["device"], procs)
+    config = models.config_from_dict(state["config"]) if state else models.get_config(
+        settings["model"], settings["config"])
+    try:
+        dataset = load_dataset(settings, config)
+    except data.DataError as e:
+        raise UsageError(str(e)) from None
+    if state is not None and state.get("data_fingerprint") != dataset.fingerprint:
+        raise UsageError(f"the data differs from what {source} was trained on "
+                         f"({settings['data'] or 'built-in data'}); use --fresh or another --name")
+    _check(settings["batch_size"] >= procs.world_size,
+           f"--batch-size {settings['batch_size']} is smaller than the {procs.world_size} "
+           f"processes that share each batch")
+    lock = error = None
+    if procs.main:
+        try:
+            lock = claim_run_folder(explicit, run, state, source, skipped, settings)
+        except UsageError as e:
+            error = e
+    if not procs.all_ok(error is None):
+        raise error or Quiet(EXIT_BAD_INPUT)
+    try:
+        return _train(explicit, settings, run, state, source, config, dataset, device, stop,
+                      procs)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def rank_seed(seed, rank):
+    """The torch seed of rank `rank` > 0 in a fresh torchrun run: each rank draws its own
+    dropout masks."""
+    return int(np.random.SeedSequence([seed, 7, rank]).generate_state(1)[0])
+
+
+def restore_rank_rng(state, settings, procs):
+    """Each rank continues its own saved random stream. Ranks that did not exist when the
+    checkpoint was saved (an elastic resume to more processes) start a seeded one."""
+    saved = state.get("rng_state_per_rank") or [state["rng_state"]]
+    if procs.rank < len(saved):
+        ckpt.restore_rng_state(saved[procs.rank])
+    else:
+        torch.manual_seed(rank_seed(settings["seed"], procs.rank) + state["global_step"])
+
+
+def describe_world_change(state, procs):
+    saved = state.get("world_size", 1)
+    if saved == procs.world_size:
+        return None
+    def processes(n):
+        return f"{n} process" + ("es" if n > 1 else "")
+    return (f"this run was saved by {processes(saved)} and resumes with "
+            f"{processes(procs.world_size)}: it continues from the same sample (epoch "
+            f"{state['epoch'] + 1}, {state['samples_in_epoch']} samples done) with the same "
+            f"batches, but it is not bit-identical to a run that kept {processes(saved)} "
+            f"(sums over the ranks round differently, and each process has its own dropout "
+            f"stream)")
+
+
+def _train(explicit, settings, run, state, source, config, dataset, device, stop, procs):
+    if state is not None:
         say(describe_resume(source, state))
+        change = describe_world_change(state, procs)
+        if change:
+            warn(change)
 
     if state is None:
         torch.manual_seed(settings["seed"])
         model = models.build_model(config).to(device)
         if config.model == "gnn":
             model.set_target_scale(dataset.data.targets[dataset.train].to(device))
+        if procs.rank > 0:
+            torch.manual_seed(rank_seed(settings["seed"], procs.rank))
     else:
         # Every weight comes from the checkpoint: skip the random initialisation (seconds for
         # the large configs) by building on the meta device and allocating empty tensors.
@@ -886,21 +1128,27 @@ def _train_locked(explicit, settings, run, state, source, skipped, config, datas
     progress = Progress()
     if state is not None:
         restore(state, model, optimizer, scheduler, settings, explicit, steps_per_epoch)
+        restore_rank_rng(state, settings, procs)
         if scaler.is_enabled() and "scaler_state_dict" in state:
             scaler.load_state_dict(state["scaler_state_dict"])
         progress = Progress.from_checkpoint(state)
+    where = f"on {device}"
+    if procs.active:
+        where += (f", {procs.world_size} processes under torchrun (each batch of "
+                  f"{settings['batch_size']} split between them)")
     say(f"Model: {config.model} {config.name}, {models.count_parameters(model):,} parameters, "
-        f"on {device}")
+        f"{where}")
     say(f"Data: {settings['data'] or 'built-in'} ({len(dataset.train)} train, "
         f"{len(dataset.val)} validation); run {run.name} in {run.directory}")
     del state  # the memory-mapped checkpoint is no longer needed
     trainer = Trainer(settings, run, config, model, optimizer, scheduler, scaler, dataset,
-                      device, progress, stop, compile_model=explicit.get("compile", False))
+                      device, progress, stop, procs, compile_model=explicit.get("compile", False))
     try:
         return trainer.train()
     except Diverged as e:
         trainer.finish_background_write()
-        print(f"error: {e}; not saved, the last good checkpoint is kept", file=sys.stderr)
+        if procs.main:
+            print(f"error: {e}; not saved, the last good checkpoint is kept", file=sys.stderr)
         trainer.write_run_files("diverged")
         return EXIT_DIVERGED
     except BaseException as e:
@@ -913,17 +1161,35 @@ def main(argv=None):
     """Run the command line; returns the exit code."""
     try:
         namespace = build_parser().parse_args(argv)
+        explicit = explicit_flags(namespace)
+        validate(explicit)   # before joining: every rank refuses the same flags alike
     except UsageError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        if rank_zero():
+            print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except SystemExit as e:   # --help
         return e.code or 0
     with StopRequest() as stop:
+        procs = distributed.Processes.single()
         try:
-            return run_training(explicit_flags(namespace), stop)
+            procs = distributed.join(explicit.get("dist_timeout", DIST_TIMEOUT_MINUTES))
+            stop.shared = procs.active
+            return run_training(explicit, stop, procs)
         except UsageError as e:
-            print(f"train.py: error: {e}", file=sys.stderr)
+            if e.this_rank:
+                print(f"train.py: error: rank {procs.rank}: {e}", file=sys.stderr)
+            elif procs.main:
+                print(f"train.py: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except Quiet as e:
+            return e.code
+        except distributed.PeerLost as e:
+            print(f"train.py: error: rank {procs.rank} lost the other processes of this torchrun "
+                  f"job ({e}); the checkpoints on disk are intact: rerun the same command to "
+                  f"resume", file=sys.stderr)
+            return EXIT_PEER_LOST
+        finally:
+            procs.close()
 
 
 if __name__ == "__main__":
