@@ -65,7 +65,7 @@ def test_two_processes_killed_with_sigkill_resume_bit_identical(tmp_path, uninte
 
     result = run_train(TRANSFORMER_2P, tmp_path, nproc=2)
     assert result.returncode == 0, result.stderr
-    assert f"Resuming from checkpoints/transformer_tiny_latest.pt: epoch " in result.stdout
+    assert "Resuming from checkpoints/transformer_tiny_latest.pt: epoch " in result.stdout
     assert "2 processes under torchrun" in result.stdout
     final = load(tmp_path / "checkpoints" / "transformer_tiny_latest.pt")
     assert_same_run(final, uninterrupted_2p)
