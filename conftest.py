@@ -60,8 +60,10 @@ def descendants(pid):
 class TrainProcess:
     """train.py running in the background, its output read line by line as it comes."""
 
-    def __init__(self, args, cwd, fault=None, nproc=1):
-        self.proc = subprocess.Popen(train_command(args, fault, nproc), cwd=cwd, text=True,
+    def __init__(self, args, cwd, fault=None, nproc=1, command=None, env=None):
+        """`command`, when given, is run instead of train.py, with `args` after it."""
+        argv = [*command, *map(str, args)] if command else train_command(args, fault, nproc)
+        self.proc = subprocess.Popen(argv, cwd=cwd, text=True, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines = queue.Queue()
         self.stdout, self.stderr = [], []

@@ -125,9 +125,14 @@ def test_elastic_resume_from_2_processes_to_1(stopped_by_sigterm_to_rank_1, tmp_
 
 
 def test_a_rank_killed_makes_the_others_exit_with_one_line(tmp_path):
-    run = TrainProcess(LONG_GNN, tmp_path, nproc=2)
+    args = [*LONG_GNN, "--epochs", 5]   # still training after the second start below
+    run = TrainProcess(args, tmp_path, nproc=2)
     run.wait_for("(epoch 1 step 20/")
     latest = tmp_path / "checkpoints" / "gnn_tiny_latest.pt"
+    # Rank 0 holds the run lock for the whole job.
+    second = run_train(args, tmp_path)
+    assert second.returncode == 2
+    assert f"is being trained by process {rank_pids(run.proc.pid)[0]} on" in second.stderr
     os.kill(rank_pids(run.proc.pid)[1], signal.SIGKILL)
     assert run.finish(timeout=120) != 0
     assert "train.py: error: rank 0 lost the other processes of this torchrun job (" \
@@ -177,3 +182,42 @@ def test_bad_flags_are_reported_once_and_every_rank_exits_2(tmp_path):
               "each batch"
     assert result.stderr.count(message) == 1, result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def slurm_environment(tmp_path):
+    """Environment of a SLURM batch job, with a stand-in `scontrol` that logs its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path / "scontrol.log"}"\n')
+    scontrol.chmod(0o755)
+    path = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]])
+    return {**os.environ, "PATH": path, "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(REPO),
+            "NPROC": "2"}
+
+
+def test_slurm_requeue_script_saves_requeues_and_the_restart_resumes(tmp_path):
+    env = slurm_environment(tmp_path)
+    script = ["bash", str(REPO / "examples" / "slurm_requeue.sh")]
+    args = [*LONG_GNN, "--checkpoint-dir", tmp_path / "checkpoints"]
+    job = TrainProcess(args, tmp_path, command=script, env=env)
+    job.wait_for("(epoch 1 step 20/")
+    job.send(signal.SIGUSR1)   # what --signal=B:USR1@300 sends to the batch script
+    assert job.finish() == 1   # torchrun's status when its ranks stopped on a signal
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n", job.output
+    assert "slurm_requeue: USR1 received: asking training to save and stop" in job.output
+    # torchrun passed SIGUSR1 on to both ranks (--signals-to-handle); they stopped together.
+    step = re.search(r"Stopping on SIGUSR1: saving latest at epoch 1, step (\d+)", job.output)
+    assert step and f"rank 1: stopping on SIGUSR1 after global step {step.group(1)}" \
+        in job.output, job.output
+    stopped = ckpt.load_checkpoint(tmp_path / "checkpoints" / "gnn_tiny_latest.pt")
+    assert stopped["global_step"] == int(step.group(1)) > 20
+
+    # SLURM starts the requeued job with the same script and arguments.
+    restart = subprocess.run([*script, *map(str, args)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    assert (f"Resuming from {tmp_path}/checkpoints/gnn_tiny_latest.pt: epoch 0 + "
+            f"{stopped['step_in_epoch']} steps" in restart.stdout)
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"   # no second requeue
+    assert load(tmp_path / "checkpoints" / "gnn_tiny_latest.pt")["epoch"] == 1

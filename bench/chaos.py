@@ -3,6 +3,10 @@ command after each kill, and compare the end with an uninterrupted run, bit for 
 
     python bench/chaos.py --model gnn --kills 50
     python bench/chaos.py --model transformer --kills 50
+    python bench/chaos.py --model gnn --kills 10 --nproc 2     # under torchrun, gloo
+
+With --nproc N the runs go through `torchrun --standalone --nproc_per_node=N`, and each kill
+hits torchrun and every rank at once, as a scheduler that kills the job does.
 
 Each kill lands at a random time after the process has started training (uniform in
 [0, --max-delay] seconds), so over many kills they fall in steps, in validation, in the
@@ -15,7 +19,9 @@ The last line printed is
 """
 
 import argparse
+import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,14 +60,36 @@ def same(a, b):
     return a == b
 
 
-def command(args, folder):
-    return [sys.executable, str(REPO / "train.py"), *args, "--checkpoint-dir", str(folder)]
+def command(args, folder, nproc=1):
+    launcher = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [*launcher, str(REPO / "train.py"), *args, "--checkpoint-dir", str(folder)]
 
 
-def run_once_and_kill(args, folder, delay):
+def kill_tree(pid):
+    """SIGKILL `pid` and all its descendants (torchrun starts each rank in its own session,
+    so a process group kill would miss them)."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                found = [int(c) for c in (task / "children").read_text().split()]
+            except FileNotFoundError:
+                continue
+            pids += found
+            frontier += found
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_once_and_kill(args, folder, delay, nproc):
     """Start the run; SIGKILL it `delay` seconds after training starts. Returns (killed,
     output): killed is False when the run ended on its own first."""
-    proc = subprocess.Popen(command(args, folder), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(command(args, folder, nproc), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     started = threading.Event()
     lines = []
@@ -82,7 +110,7 @@ def run_once_and_kill(args, folder, delay):
             proc.wait(timeout=delay)
             finished_early = True
         except subprocess.TimeoutExpired:
-            proc.kill()
+            kill_tree(proc.pid)
             proc.wait()
     reader.join()
     output = "".join(lines)
@@ -109,6 +137,8 @@ def main():
                         help="longest wait after training starts before a kill (seconds; "
                              "default 0.8 gnn, 2.0 transformer)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="processes under torchrun (default 1: plain python)")
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     options = parser.parse_args()
     max_delay = options.max_delay or {"gnn": 0.8, "transformer": 2.0}[options.model]
@@ -120,8 +150,9 @@ def main():
         work = Path(options.workdir or scratch)
         reference_dir, chaos_dir = work / "reference", work / "chaos"
         started = time.monotonic()
-        print(f"reference: {' '.join(command(args, reference_dir)[1:])}", flush=True)
-        subprocess.run(command(args, reference_dir), check=True, capture_output=True)
+        reference_command = command(args, reference_dir, options.nproc)
+        print(f"reference: {' '.join(reference_command[1:])}", flush=True)
+        subprocess.run(reference_command, check=True, capture_output=True)
         reference_run = ckpt.RunFiles(reference_dir, name)
         reference = torch.load(reference_run.latest, weights_only=True)
         reference_seconds = time.monotonic() - started
@@ -131,7 +162,8 @@ def main():
         while kills < options.kills:
             stale = run.stale_temp_files() if chaos_dir.exists() else []
             mid_save += bool(stale)
-            killed, output = run_once_and_kill(args, chaos_dir, rng.uniform(0, max_delay))
+            killed, output = run_once_and_kill(args, chaos_dir, rng.uniform(0, max_delay),
+                                               options.nproc)
             restarts += 1
             resumed += "Resuming from" in output
             if "Skipped" in output:
@@ -144,7 +176,8 @@ def main():
             corrupt_latest += latest_is_corrupt(run)
             if kills % 10 == 0:
                 print(f"{kills} kills, {resumed} resumes", flush=True)
-        final = subprocess.run(command(args, chaos_dir), capture_output=True, text=True)
+        final = subprocess.run(command(args, chaos_dir, options.nproc), capture_output=True,
+                               text=True)
         resumed += "Resuming from" in final.stdout
         if final.returncode != 0:
             print(final.stdout + final.stderr)
@@ -161,7 +194,7 @@ def main():
         identical = final.returncode == 0 and all(same(reference[k], result[k])
                                                   for k in STATE_KEYS)
         differing = [k for k in STATE_KEYS if not same(reference[k], result[k])]
-        print(f"model={options.model} reference={reference_seconds:.0f}s "
+        print(f"model={options.model} nproc={options.nproc} reference={reference_seconds:.0f}s "
               f"chaos={time.monotonic() - started - reference_seconds:.0f}s "
               f"restarts={restarts + 1} kills_inside_a_save={mid_save} "
               f"final_step={result['global_step']} differing={differing or 'none'}")
