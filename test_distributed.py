@@ -184,29 +184,58 @@ def test_bad_flags_are_reported_once_and_every_rank_exits_2(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def slurm_environment(tmp_path):
-    """Environment of a SLURM batch job, with a stand-in `scontrol` that logs its arguments."""
+# Stand-ins for SLURM's commands, enough for the example scripts: `scontrol` logs what it is
+# asked (and names this machine as every node), `srun` runs its command once per node and
+# passes SIGUSR1 and SIGTERM on to them, as srun passes signals to its tasks.
+SCONTROL = """#!/bin/sh
+if [ "$1" = show ]; then echo localhost; else echo "$@" >> "$SCONTROL_LOG"; fi
+"""
+SRUN = """#!/usr/bin/env bash
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do
+    SLURM_NODEID=$node "$@" &
+    pids+=($!)
+done
+trap 'kill -USR1 "${pids[@]}"' USR1
+trap 'kill -TERM "${pids[@]}"' TERM
+status=0
+for pid in "${pids[@]}"; do
+    while true; do
+        wait "$pid"; code=$?
+        if [ "$code" -le 128 ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
+    done
+    if [ "$code" -ne 0 ]; then status=$code; fi
+done
+exit $status
+"""
+
+
+def slurm_environment(tmp_path, **extra):
+    """Environment of a SLURM batch job on this machine, with the stand-in commands."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path / "scontrol.log"}"\n')
-    scontrol.chmod(0o755)
+    for name, text in (("scontrol", SCONTROL), ("srun", SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
     path = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]])
-    return {**os.environ, "PATH": path, "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(REPO),
-            "NPROC": "2"}
+    return {**os.environ, "PATH": path, "SCONTROL_LOG": str(tmp_path / "scontrol.log"),
+            "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(REPO), **extra}
 
 
-def test_slurm_requeue_script_saves_requeues_and_the_restart_resumes(tmp_path):
-    env = slurm_environment(tmp_path)
-    script = ["bash", str(REPO / "examples" / "slurm_requeue.sh")]
+def stop_requeue_and_restart(tmp_path, script, env):
+    """Run a SLURM example script, send it the time-limit warning (SIGUSR1) inside the first
+    epoch, check that every rank stopped after the same step and the job requeued once, then
+    run it again as the requeued job and check that it resumed and finished."""
+    command = ["bash", str(REPO / "examples" / script)]
     args = [*LONG_GNN, "--checkpoint-dir", tmp_path / "checkpoints"]
-    job = TrainProcess(args, tmp_path, command=script, env=env)
+    job = TrainProcess(args, tmp_path, command=command, env=env)
     job.wait_for("(epoch 1 step 20/")
     job.send(signal.SIGUSR1)   # what --signal=B:USR1@300 sends to the batch script
     assert job.finish() == 1   # torchrun's status when its ranks stopped on a signal
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n", job.output
-    assert "slurm_requeue: USR1 received: asking training to save and stop" in job.output
-    # torchrun passed SIGUSR1 on to both ranks (--signals-to-handle); they stopped together.
+    assert "USR1 received: asking training to save and stop" in job.output
+    # torchrun passed SIGUSR1 on to the ranks (--signals-to-handle); they stopped together.
     step = re.search(r"Stopping on SIGUSR1: saving latest at epoch 1, step (\d+)", job.output)
     assert step and f"rank 1: stopping on SIGUSR1 after global step {step.group(1)}" \
         in job.output, job.output
@@ -214,10 +243,21 @@ def test_slurm_requeue_script_saves_requeues_and_the_restart_resumes(tmp_path):
     assert stopped["global_step"] == int(step.group(1)) > 20
 
     # SLURM starts the requeued job with the same script and arguments.
-    restart = subprocess.run([*script, *map(str, args)], cwd=tmp_path, env=env,
+    restart = subprocess.run([*command, *map(str, args)], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
     assert restart.returncode == 0, restart.stdout + restart.stderr
     assert (f"Resuming from {tmp_path}/checkpoints/gnn_tiny_latest.pt: epoch 0 + "
             f"{stopped['step_in_epoch']} steps" in restart.stdout)
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"   # no second requeue
     assert load(tmp_path / "checkpoints" / "gnn_tiny_latest.pt")["epoch"] == 1
+
+
+def test_slurm_requeue_script_stops_requeues_and_the_restart_resumes(tmp_path):
+    stop_requeue_and_restart(tmp_path, "slurm_requeue.sh", slurm_environment(tmp_path, NPROC="2"))
+
+
+def test_slurm_multinode_script_on_two_stand_in_nodes(tmp_path):
+    # Two torchruns of one process each, meeting at the c10d rendezvous the script sets up.
+    env = slurm_environment(tmp_path, SLURM_JOB_NUM_NODES="2", SLURM_GPUS_ON_NODE="1",
+                            SLURM_JOB_NODELIST="node[1-2]", RDZV_PORT=str(free_port()))
+    stop_requeue_and_restart(tmp_path, "slurm_multinode.sh", env)

@@ -132,7 +132,8 @@ def build_parser():
                    dest="epochs", help="TOTAL epochs of the run, counting those already done "
                                        "(default 5 transformer, 20 gnn)")
     g.add_argument("--batch-size", "--batch_size", type=int, metavar="N",
-                   help="samples per step (default 32 transformer, 64 gnn); may change on resume")
+                   help="samples per optimizer step, under torchrun split between the "
+                        "processes (default 32 transformer, 64 gnn); may change on resume")
     g.add_argument("--lr", type=float, help="peak learning rate (default 1e-3); on resume it "
                                             "overrides the checkpoint's")
     g.add_argument("--weight-decay", "--weight_decay", type=float, metavar="W",

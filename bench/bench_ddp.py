@@ -57,7 +57,7 @@ def main():
     parser.add_argument("--nproc", type=int, default=2)
     options = parser.parse_args()
     speedups = {}
-    print(f"{'model':12} {'setup':34} {'samples/s':>10}")
+    print(f"{'model':12} {'setup':40} {'samples/s':>10}")
     with tempfile.TemporaryDirectory() as scratch:
         for model, args in RUNS.items():
             setups = [("1 process, default threads", 1, None),
@@ -68,7 +68,7 @@ def main():
             for i, (label, nproc, threads) in enumerate(setups):
                 rate = samples_per_second(args, Path(scratch) / f"{model}{i}", nproc, threads)
                 rates.append(rate)
-                print(f"{model:12} {label:34} {rate:10.1f}", flush=True)
+                print(f"{model:12} {label:40} {rate:10.1f}", flush=True)
             speedups[model] = rates[2] / rates[0]
     print(" ".join(f"{model}_speedup={value:.2f}" for model, value in speedups.items()))
 
