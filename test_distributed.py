@@ -135,6 +135,8 @@ def test_a_rank_killed_makes_the_others_exit_with_one_line(tmp_path):
     assert f"is being trained by process {rank_pids(run.proc.pid)[0]} on" in second.stderr
     os.kill(rank_pids(run.proc.pid)[1], signal.SIGKILL)
     assert run.finish(timeout=120) != 0
+    # Rank 0 exits 4, even though torchrun sends it SIGTERM once it sees rank 1 gone.
+    assert exit_codes_reported_by_torchrun(run.output) == [-9, 4], run.output
     assert "train.py: error: rank 0 lost the other processes of this torchrun job (" \
            in run.output, run.output
     assert "Traceback" not in "".join(line for line in run.output.splitlines(True)

@@ -432,6 +432,7 @@ class StopRequest:
         self.received = None   # the first stop signal this process received
         self.agreed = None     # under torchrun: the stop every rank acts on
         self.shared = False
+        self.leaving = False   # set when the process exits without a stop (lost its peers)
         self._previous = {}
 
     def _handle(self, signum, frame):
@@ -446,8 +447,11 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             # Once a stop was acted on, the process is on its way out with 128+signal: a
-            # further Ctrl+C must not turn that exit into a KeyboardInterrupt traceback.
-            signal.signal(s, signal.SIG_IGN if self.requested else handler)
+            # further Ctrl+C must not turn that exit into a KeyboardInterrupt traceback. The
+            # same holds on the way out after losing the other ranks, when torchrun sends the
+            # survivors SIGTERM: the exit code stays 4.
+            on_the_way_out = self.requested or self.leaving
+            signal.signal(s, signal.SIG_IGN if on_the_way_out else handler)
 
     def local_flags(self):
         return [float(self.received == s) for s in STOP_SIGNALS]
@@ -1185,6 +1189,7 @@ def main(argv=None):
         except Quiet as e:
             return e.code
         except distributed.PeerLost as e:
+            stop.leaving = True
             print(f"train.py: error: rank {procs.rank} lost the other processes of this torchrun "
                   f"job ({e}); the checkpoints on disk are intact: rerun the same command to "
                   f"resume", file=sys.stderr)
