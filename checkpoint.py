@@ -59,7 +59,8 @@ class RunFiles:
     directory: Path
     name: str
 
-    SUFFIXES = r"latest\.pt|best\.pt|epoch\d+\.pt|progress\.json|status\.txt|samples\.fasta"
+    SUFFIXES = (r"latest\.pt|best\.pt|epoch\d+\.pt|progress\.json|status\.txt|samples\.fasta|"
+                r"curves\.png|transport\.png")
 
     @property
     def latest(self):
@@ -83,6 +84,14 @@ class RunFiles:
     @property
     def samples(self):
         return self.directory / f"{self.name}_samples.fasta"
+
+    @property
+    def curves(self):
+        return self.directory / f"{self.name}_curves.png"
+
+    @property
+    def transport_figure(self):
+        return self.directory / f"{self.name}_transport.png"
 
     @property
     def lock(self):

@@ -44,3 +44,37 @@ def validity(sequences):
 def diversity(sequences):
     """Share of distinct sequences among those given (0-1); 0 for no sequences."""
     return len(set(sequences)) / len(sequences) if sequences else 0.0
+
+
+def novelty(sequences, training):
+    """Share of sequences (0-1) that are not in `training` (the training set); 0 for none."""
+    known = set(training)
+    return sum(s not in known for s in sequences) / len(sequences) if sequences else 0.0
+
+
+IMGT_ANCHORS = {23: "C", 41: "W", 104: "C", 118: "W"}
+
+
+def imgt_validity(sequences):
+    """Share of sequences (0-1) that anarcism numbers as exactly one human heavy-chain domain
+    in IMGT with the conserved anchors Cys 23, Trp 41, Cys 104 and Trp 118; None when the
+    optional `anarcism` package is not installed."""
+    try:
+        import anarcism
+    except ImportError:
+        return None
+    if not sequences:
+        return 0.0
+    valid = 0
+    for sequence in sequences:
+        try:
+            domains = anarcism.number_sequence(sequence, allowed_species=["human"],
+                                               allowed_chains=["H"]).domains
+        except Exception:   # anarcism refuses some inputs (e.g. unknown letters): not valid
+            continue
+        if len(domains) != 1 or domains[0].chain_type != "H":
+            continue
+        residues = {r.position: r.amino_acid for r in domains[0].numbering
+                    if not r.insertion_code}
+        valid += all(residues.get(p) == aa for p, aa in IMGT_ANCHORS.items())
+    return valid / len(sequences)

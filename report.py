@@ -1,5 +1,6 @@
 """What a run tells people: the progress.json and status.txt files and the console summary."""
 
+import datetime
 import json
 import math
 import os
@@ -33,7 +34,7 @@ def _json_safe(value):
 
 
 def progress_record(run_state, progress, settings, last_checkpoint, save_error, steps_per_epoch,
-                    save_stalls=()):
+                    save_stalls=(), eta=None):
     """The dict written to NAME_progress.json. `save_stalls`: seconds the training loop was
     blocked by each save of this process (the snapshot; the write runs in the background)."""
     stalls = {"saves": len(save_stalls),
@@ -57,6 +58,7 @@ def progress_record(run_state, progress, settings, last_checkpoint, save_error, 
         "last_checkpoint": last_checkpoint,
         "last_save_error": save_error,
         "checkpoint_stall": stalls,
+        "eta": eta,
         "args": settings,
         "history": progress.history,
     })
@@ -95,6 +97,7 @@ def status_text(record):
     lines += [
         f"Last Checkpoint: {last_text}",
         f"Last Save Error: {error['error'] + ' at ' + error['time'] if error else 'none'}",
+        f"ETA: {record.get('eta') or 'n/a'}",
         f"Last Update: {record['timestamp']}",
     ]
     return "\n".join(lines) + "\n"
@@ -108,6 +111,52 @@ def write_run_files(run, record):
     """
     write_text(run.progress, json.dumps(record, indent=2) + "\n")
     write_text(run.status, status_text(record))
+
+
+def duration(seconds):
+    """3 s, 4 min 05 s, 2 h 07 min: short enough for a log line."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class RunClock:
+    """Steps per second of this process (validation, sampling and saves included, so the ETA
+    covers them) and the time the run will end at that pace."""
+
+    def __init__(self, global_step):
+        self.started, self.first_step = time.monotonic(), global_step
+
+    def rate(self, global_step):
+        elapsed = time.monotonic() - self.started
+        done = global_step - self.first_step
+        return done / elapsed if done and elapsed > 0 else None
+
+    def eta_seconds(self, global_step, steps_left):
+        rate = self.rate(global_step)
+        return None if rate is None else steps_left / rate
+
+    def eta_text(self, global_step, steps_left):
+        """"2026-11-23T22:40:05 (in 12 min 30 s)", or None before the first step."""
+        seconds = self.eta_seconds(global_step, steps_left)
+        if seconds is None:
+            return None
+        end = datetime.datetime.now() + datetime.timedelta(seconds=seconds)
+        return f"{end.isoformat(timespec='seconds')} (in {duration(seconds)})"
+
+
+def progress_line(epoch, epochs, step, steps, loss, rate, epoch_left_s, run_left_s):
+    """The plain progress line written instead of a progress bar when stderr is not a
+    terminal (cluster logs): no carriage returns, one line every tenth of an epoch."""
+    parts = [f"Epoch {epoch}/{epochs} step {step}/{steps} ({100 * step // steps}%)",
+             f"loss {loss:.4f}"]
+    if rate is not None:
+        parts += [f"{rate:.2f} steps/s", f"epoch ETA {duration(epoch_left_s)}",
+                  f"run ETA {duration(run_left_s)}"]
+    return " | ".join(parts)
 
 
 def epoch_summary(epoch, epochs, train_loss, val_loss, validity, diversity, seconds):

@@ -140,22 +140,36 @@ def small_disk(tmp_path):
 
 
 def test_real_full_disk(tmp_path, small_disk, references):
-    """Train one epoch, fill the disk, resume: every save fails with one warning each, latest
-    stays whole, exit 1. Free the space, rerun: the run completes as if nothing happened."""
+    """Train one epoch, fill the disk: a start with less room than one checkpoint is refused.
+    With room for one more checkpoint only: the next save succeeds, the one after fails with one
+    warning, latest stays whole, exit 1. Free the space, rerun: the run completes as if
+    nothing happened."""
     args = [*GNN_ARGS, "--checkpoint-dir", small_disk]
     first = run_train([*args, "--epochs", 1], tmp_path)
     assert first.returncode == 0, first.stderr
     latest = small_disk / "gnn_tiny_latest.pt"
     kept = sha256(latest)
-    free = os.statvfs(small_disk)
     filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 512 * 1024))   # 0.5 MiB left
 
+    def leave_free(n):
+        if filler.exists():
+            filler.unlink()
+        free = os.statvfs(small_disk)
+        filler.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - n))
+
+    leave_free(512 * 1024)
+    refused = run_train([*args, "--epochs", 3], tmp_path)
+    assert refused.returncode == 2
+    assert "less than one checkpoint" in refused.stderr and refused.stderr.count("\n") == 1
+    assert sha256(latest) == kept
+
+    leave_free(2_900_000)   # one 2.66 MB checkpoint fits, two do not
     full = run_train([*args, "--epochs", 3], tmp_path)
     assert full.returncode == 1, full.stderr
-    warnings = [line for line in full.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 2 and all("No space left on device" in w for w in warnings)
-    assert sha256(latest) == kept and ckpt.load_checkpoint(latest)["epoch"] == 1
+    assert "warning: the run may need" in full.stderr
+    failed = [line for line in full.stderr.splitlines() if "could not save" in line]
+    assert len(failed) == 1 and "No space left on device" in failed[0], full.stderr
+    assert ckpt.load_checkpoint(latest)["epoch"] == 2
     assert not list(small_disk.glob(".*.tmp-*"))
     status = (small_disk / "gnn_tiny_status.txt").read_text()
     assert "Last Save Error: No space left on device" in status

@@ -25,7 +25,11 @@ import data
 import distributed
 import metrics
 import models
+import plots
 import report
+import retention
+import run_status
+import use_model
 
 EXIT_OK, EXIT_SAVE_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PEER_LOST = 0, 1, 2, 3, 4
 DIST_TIMEOUT_MINUTES = 30.0
@@ -42,7 +46,7 @@ COMMON_DEFAULTS = {
     "weight_decay": 0.01, "grad_clip": 1.0, "lr_schedule": "constant", "device": "auto",
     "eval_interval": 1, "eval_samples": 100, "name": None, "checkpoint_dir": "checkpoints",
     "checkpoint_frequency": 1, "checkpoint_every_steps": 0, "checkpoint_every_minutes": 10.0,
-    "output_dir": None, "precision": "fp32",
+    "output_dir": None, "precision": "fp32", "keep_last": None, "keep_every": None,
 }
 SETTINGS = tuple(COMMON_DEFAULTS) + ("num_samples", "epochs", "batch_size", "lr", "warmup_steps")
 # What makes a run this run: a resume that asks for different values is refused.
@@ -171,12 +175,35 @@ def build_parser():
     g.add_argument("--checkpoint-every-minutes", "--checkpoint_every_minutes", type=float,
                    metavar="M", help="also refresh latest every M minutes inside an epoch "
                                      "(default 10; 0: off)")
+    g.add_argument("--keep-last", "--keep_last", type=int, metavar="N",
+                   help="retention: keep only the N newest numbered epoch files (latest and "
+                        "best are always kept; default: keep all)")
+    g.add_argument("--keep-every", "--keep_every", type=int, metavar="K",
+                   help="retention: also keep every epoch file whose number is a multiple of K")
     g.add_argument("--resume-from", "--resume_from", metavar="PATH",
                    help="resume from this checkpoint (refused if it is bad; no fallback)")
+    g.add_argument("--status", action="store_true",
+                   help="print the runs in --checkpoint-dir (with --name: that run's "
+                        "checkpoints, whether each verifies, and what retention would free) "
+                        "and exit; changes nothing, safe while a run trains")
     g.add_argument("--fresh", action="store_true",
                    help="start over: move the run's files into a dated folder first")
     g.add_argument("--output-dir", "--output_dir", metavar="DIR",
                    help="folder for sampled sequences (default: the checkpoint folder)")
+    g = p.add_argument_group("using a trained model (reads a checkpoint, then exits)")
+    g.add_argument("--sample", type=int, metavar="N",
+                   help="sample N antibody sequences to FASTA and report validity, diversity "
+                        "and novelty against the training set; --seed seeds the sampling")
+    g.add_argument("--predict", metavar="SEQUENCES|FILE",
+                   help="predict log10 T(E) and log10 DOS(E) for DNA sequences (comma-separated, "
+                        "or a file: CSV with a 'sequence' column, or one per line) to CSV")
+    g.add_argument("--checkpoint", metavar="PATH",
+                   help="the checkpoint to use (default: the run's NAME_best.pt)")
+    g.add_argument("--temperature", type=float, metavar="T",
+                   help="sampling temperature (default 1.0)")
+    g.add_argument("--output", metavar="FILE",
+                   help="where to write (default NAME_generated.fasta or NAME_predictions.csv "
+                        "in the checkpoint folder)")
     g = p.add_argument_group("several processes (under torchrun)")
     g.add_argument("--dist-timeout", "--dist_timeout", type=float, metavar="MINUTES",
                    help="a process that waits this long for the others gives up with exit "
@@ -192,7 +219,7 @@ def _check(condition, message):
 def validate(explicit):
     """Range checks on the flags given; errors name the flag."""
     positive = ("num_samples", "epochs", "batch_size", "checkpoint_frequency",
-                "eval_interval", "eval_samples")
+                "eval_interval", "eval_samples", "keep_last", "keep_every")
     for key in positive:
         if key in explicit:
             _check(explicit[key] > 0, f"--{key.replace('_', '-')} must be a positive integer "
@@ -432,7 +459,7 @@ class StopRequest:
         self.received = None   # the first stop signal this process received
         self.agreed = None     # under torchrun: the stop every rank acts on
         self.shared = False
-        self.leaving = False   # set when the process exits without a stop (lost its peers)
+        self.leaving = False   # ignore stop signals after __exit__ even without a stop
         self._previous = {}
 
     def _handle(self, signum, frame):
@@ -447,9 +474,7 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             # Once a stop was acted on, the process is on its way out with 128+signal: a
-            # further Ctrl+C must not turn that exit into a KeyboardInterrupt traceback. The
-            # same holds on the way out after losing the other ranks, when torchrun sends the
-            # survivors SIGTERM: the exit code stays 4.
+            # further Ctrl+C must not turn that exit into a KeyboardInterrupt traceback.
             on_the_way_out = self.requested or self.leaving
             signal.signal(s, signal.SIG_IGN if on_the_way_out else handler)
 
@@ -504,6 +529,9 @@ class Trainer:
         self.save_error = None
         self.saver = background_save.BackgroundSaver()
         self.save_stalls = []   # seconds the loop was blocked by each save
+        self.clock = report.RunClock(progress.global_step)
+        # A bar for a terminal; plain lines (no carriage returns) for a log file.
+        self.plain_progress = procs.main and not sys.stderr.isatty()
         self.batch_size = settings["batch_size"]
         self.n_train = len(dataset.train)
         self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
@@ -524,7 +552,8 @@ class Trainer:
             with tqdm(total=p.step_in_epoch + math.ceil(
                     (self.n_train - p.samples_in_epoch) / self.batch_size),
                     initial=p.step_in_epoch, desc=f"Epoch {epoch}/{s['epochs']}", unit="step",
-                    file=sys.stderr, dynamic_ncols=True, disable=not self.procs.main) as bar:
+                    file=sys.stderr, dynamic_ncols=True,
+                    disable=self.plain_progress or not self.procs.main) as bar:
                 while p.samples_in_epoch < self.n_train and not self.stop.requested:
                     # The step's batch is the next slice of the epoch's order, whatever the
                     # number of processes; each rank trains on its share of it.
@@ -537,6 +566,8 @@ class Trainer:
                         self.saver.staging.prepare_in_background(self.checkpoint_state())
                     bar.update()
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    if self.plain_progress:
+                        self.print_progress_line(epoch, bar.total, loss)
                     if self.mid_epoch_save_due(p.global_step - last_save_step, last_save_time):
                         self.start_save()
                         last_save_time, last_save_step = time.monotonic(), p.global_step
@@ -554,6 +585,7 @@ class Trainer:
             self.collect_save(block=True)
             previous_best = (p.best_val_loss, p.best_epoch)
             improved = p.end_epoch(val_loss, validity, diversity, self.scheduler.get_last_lr()[0])
+            self.write_plots()
             say(report.epoch_summary(epoch, s["epochs"], p.train_loss, val_loss, validity,
                                      diversity, time.monotonic() - started))
             if improved:
@@ -699,6 +731,48 @@ class Trainer:
             warn(f"could not write sampled sequences to {out_dir}: {e.strerror or e}")
         return metrics.validity(sequences), metrics.diversity(sequences)
 
+    def steps_left(self, steps_in_epoch):
+        """(steps left in this epoch, steps left in the run)."""
+        p = self.progress
+        in_epoch = steps_in_epoch - p.step_in_epoch
+        return in_epoch, in_epoch + (self.settings["epochs"] - p.epoch - 1) * self.steps_per_epoch
+
+    def print_progress_line(self, epoch, steps_in_epoch, loss):
+        """A line each time another tenth of the epoch is done."""
+        p = self.progress
+        if p.step_in_epoch * 10 // steps_in_epoch == (p.step_in_epoch - 1) * 10 // steps_in_epoch:
+            return
+        rate = self.clock.rate(p.global_step)
+        epoch_left, run_left = self.steps_left(steps_in_epoch)
+        line = report.progress_line(epoch, self.settings["epochs"], p.step_in_epoch,
+                                    steps_in_epoch, loss, rate,
+                                    epoch_left / rate if rate else None,
+                                    run_left / rate if rate else None)
+        print(line, file=sys.stderr, flush=True)
+
+    def write_plots(self):
+        """NAME_curves.png (losses; validity and diversity for the transformer) and, for the
+        GNN, NAME_transport.png: predicted against true log10 T(E) for four validation
+        duplexes. Written by rank 0 when matplotlib is installed; a failure only warns."""
+        if not (self.procs.main and plots.available()):
+            return
+        out_dir = Path(self.settings["output_dir"] or self.run.directory)
+        try:
+            plots.write_curves(out_dir / self.run.curves.name, self.progress.history)
+            if self.config.model == "gnn":
+                shown = self.dataset.val[:4]
+                batch = {k: v.to(self.device) for k, v in self.dataset.data.batch(shown).items()}
+                self.model.eval()
+                with torch.no_grad():
+                    predicted = self.model.predict(batch)[:, 0].float().cpu().numpy()
+                self.model.train()
+                plots.write_transport_figure(
+                    out_dir / self.run.transport_figure.name, self.dataset.energy_grid,
+                    batch["target"][:, 0].cpu().numpy(), predicted,
+                    [self.dataset.data.duplexes[int(i)][0] for i in shown])
+        except OSError as e:
+            warn(f"could not write plots to {out_dir}: {e.strerror or e}")
+
     def mid_epoch_save_due(self, steps_since_save, last_save_time):
         s = self.settings
         if self.progress.samples_in_epoch >= self.n_train:
@@ -825,6 +899,12 @@ class Trainer:
                                 "global_step": ticket["global_step"], "time": report.now_iso()}
         say(f"Checkpoint saved: {', '.join(ticket['names'])} ({ticket['where']}, global step "
             f"{ticket['global_step']})")
+        keep_last, keep_every = self.settings["keep_last"], self.settings["keep_every"]
+        if keep_last or keep_every:
+            # Only now, with a newer checkpoint committed; latest and best are never pruned.
+            deleted = retention.prune(self.run, keep_last, keep_every)
+            if deleted:
+                say(f"Retention: deleted {', '.join(p.name for p in deleted)}")
         self.write_run_files("running")
         return True
 
@@ -846,9 +926,15 @@ class Trainer:
     def write_run_files(self, state, quiet=False):
         if not self.procs.main:
             return   # only rank 0 touches the checkpoint folder
+        eta = None
+        if state == "running":
+            steps_in_epoch = self.progress.step_in_epoch + math.ceil(
+                (self.n_train - self.progress.samples_in_epoch) / self.batch_size)
+            eta = self.clock.eta_text(self.progress.global_step,
+                                      self.steps_left(steps_in_epoch)[1])
         record = report.progress_record(state, self.progress, self.settings,
                                         self.last_checkpoint, self.save_error,
-                                        self.steps_per_epoch, self.save_stalls)
+                                        self.steps_per_epoch, self.save_stalls, eta)
         try:
             report.write_run_files(self.run, record)
         except OSError as e:
@@ -996,7 +1082,30 @@ def agree_on_start(explicit, procs):
     return settings, run, state, source, skipped
 
 
-def claim_run_folder(explicit, run, state, source, skipped, settings):
+def check_disk_space(run, settings, config):
+    """Say what the run will need on disk; warn when the free space will not hold it, and
+    refuse (before training) only when even one more checkpoint will not fit."""
+    with torch.device("meta"):
+        one = retention.checkpoint_bytes(models.build_model(config))
+    kept = retention.epoch_files_kept(settings["epochs"], settings["checkpoint_frequency"],
+                                      settings["keep_last"], settings["keep_every"])
+    need = retention.estimate(one, kept)
+    free = retention.free_bytes(run.directory)
+    already = sum(p.stat().st_size for p in run.existing() if p.suffix == ".pt")
+    h = retention.human
+    say(f"Disk: a checkpoint is about {h(one)}; the run keeps at most {kept + 2} checkpoint "
+        f"files (latest, best, {kept} epoch files) plus one being written: {h(need)} at most; "
+        f"{h(free)} free in {run.directory}")
+    if free < one:
+        raise UsageError(f"--checkpoint-dir {run.directory}: {h(free)} free, less than one "
+                         f"checkpoint ({h(one)}); free space or choose another folder")
+    if need - already > free:
+        warn(f"the run may need {h(need)} in {run.directory} but only {h(free)} are free "
+             f"(with {h(already)} already used): it will warn at each save that fails; "
+             f"--keep-last N keeps fewer epoch files")
+
+
+def claim_run_folder(explicit, run, state, source, skipped, settings, config):
     """Rank 0's part of start-up: check the folders, take the run lock, clear what a killed
     writer left, and move aside files that resuming from `state` would overwrite. Returns
     the lock."""
@@ -1015,6 +1124,7 @@ def claim_run_folder(explicit, run, state, source, skipped, settings):
         raise UsageError(f"--checkpoint-dir {run.directory}: {e.strerror}") from None
     try:
         tidy_run_folder(explicit, run, state, source, skipped)
+        check_disk_space(run, settings, config)
     except BaseException:
         lock.release()
         raise
@@ -1064,7 +1174,7 @@ def run_training(explicit, stop, procs):
     lock = error = None
     if procs.main:
         try:
-            lock = claim_run_folder(explicit, run, state, source, skipped, settings)
+            lock = claim_run_folder(explicit, run, state, source, skipped, settings, config)
         except UsageError as e:
             error = e
     if not procs.all_ok(error is None):
@@ -1137,6 +1247,8 @@ def _train(explicit, settings, run, state, source, config, dataset, device, stop
         if scaler.is_enabled() and "scaler_state_dict" in state:
             scaler.load_state_dict(state["scaler_state_dict"])
         progress = Progress.from_checkpoint(state)
+    if not plots.available():
+        say(plots.ENABLE_HINT.replace("NAME", run.name))
     where = f"on {device}"
     if procs.active:
         where += (f", {procs.world_size} processes under torchrun (each batch of "
@@ -1162,12 +1274,98 @@ def _train(explicit, settings, run, state, source, config, dataset, device, stop
         raise
 
 
+def show_status(explicit):
+    """--status: print, change nothing."""
+    folder = Path(explicit.get("checkpoint_dir") or COMMON_DEFAULTS["checkpoint_dir"])
+    _check(folder.is_dir(), f"--checkpoint-dir {folder}: no such folder")
+    if explicit.get("name"):
+        text = run_status.run_report(folder, explicit["name"], explicit.get("keep_last"),
+                                     explicit.get("keep_every"))
+        _check(text is not None, f"no run {explicit['name']} in {folder} (runs there: "
+                                 f"{', '.join(run_status.run_names(folder)) or 'none'})")
+    else:
+        text = run_status.folder_report(folder)
+    print(text)
+    return EXIT_OK
+
+
+def use_trained_model(explicit):
+    """--sample N or --predict ...: read a checkpoint, write FASTA or CSV, print what was done."""
+    _check(not ("sample" in explicit and "predict" in explicit),
+           "--sample and --predict are separate uses: give one")
+    family = "transformer" if "sample" in explicit else "gnn"
+    folder = Path(explicit.get("checkpoint_dir") or COMMON_DEFAULTS["checkpoint_dir"])
+    name = explicit.get("name") or f"{explicit.get('model', family)}_" \
+                                   f"{explicit.get('config', 'tiny')}"
+    run = ckpt.RunFiles(folder, name)
+    path = Path(explicit.get("checkpoint") or run.best)
+    _check(path.exists(), f"no checkpoint {path}; train first, or give --checkpoint PATH")
+    try:
+        model, state = use_model.load_model(path, family)
+    except ckpt.CheckpointError as e:
+        raise UsageError(f"cannot use {path}: {e}") from None
+    run_name = state["args"].get("name", name)
+    val = "n/a" if state["val_loss"] is None else f"{state['val_loss']:.4f}"
+    where = f"{path} (epoch {state['epoch']}, val loss {val})"
+    if family == "transformer":
+        return _sample(explicit, model, state, where, Path(explicit.get("output") or
+                                                         folder / f"{run_name}_generated.fasta"))
+    return _predict(explicit, model, state, where,
+                    Path(explicit.get("output") or folder / f"{run_name}_predictions.csv"))
+
+
+def _sample(explicit, model, state, where, output):
+    n, seed = explicit["sample"], explicit.get("seed", 0)
+    temperature = explicit.get("temperature", 1.0)
+    _check(n > 0, f"--sample must be a positive integer (got {n})")
+    _check(math.isfinite(temperature) and temperature > 0,
+           f"--temperature must be a positive number (got {temperature})")
+    sequences = use_model.sample_sequences(model, n, temperature, seed)
+    check_writable_folder(output.parent, "--output")
+    ckpt.write_text(output, use_model.fasta(sequences, f"sample_t{temperature:g}_seed{seed}"))
+    settings = merge_settings({}, state["args"])
+    try:
+        dataset = load_dataset(settings, models.config_from_dict(state["config"]))
+        training = [dataset.data.sequences[int(i)] for i in dataset.train]
+        novelty = (f", novelty {100 * metrics.novelty(sequences, training):.1f}% (not among "
+                   f"the {len(training)} training sequences)")
+    except data.DataError as e:
+        novelty = f", novelty not measured (the training data cannot be read: {e})"
+    imgt = metrics.imgt_validity(sequences)
+    validity = f"validity {100 * metrics.validity(sequences):.1f}% (built-in rule check)"
+    validity += (" (IMGT check not run: pip install anarcism to add it)" if imgt is None else
+                 f", {100 * imgt:.1f}% (IMGT: anarcism numbers one human VH domain with "
+                 f"Cys23, Trp41, Cys104, Trp118)")
+    print(f"Sampled {n} sequences from {where}, temperature {temperature:g}, seed {seed}: "
+          f"{validity}, diversity {100 * metrics.diversity(sequences):.1f}%{novelty}; "
+          f"written to {output}")
+    return EXIT_OK
+
+
+def _predict(explicit, model, state, where, output):
+    try:
+        duplexes = use_model.read_duplexes(explicit["predict"], model.config.n_energies)
+    except data.DataError as e:
+        raise UsageError(str(e)) from None
+    spectra = use_model.predict(model, duplexes)
+    check_writable_folder(output.parent, "--output")
+    ckpt.write_text(output, use_model.predictions_csv(duplexes, spectra))
+    grid = state["energy_grid"].numpy()
+    print(f"Predicted log10 T(E) and log10 DOS(E) for {len(duplexes)} duplexes with {where}, "
+          f"{len(grid)} energies from {grid[0]:g} to {grid[-1]:g} eV; written to {output}")
+    return EXIT_OK
+
+
 def main(argv=None):
     """Run the command line; returns the exit code."""
     try:
         namespace = build_parser().parse_args(argv)
         explicit = explicit_flags(namespace)
         validate(explicit)   # before joining: every rank refuses the same flags alike
+        if explicit.get("status"):
+            return show_status(explicit)
+        if "sample" in explicit or "predict" in explicit:
+            return use_trained_model(explicit)
     except UsageError as e:
         if rank_zero():
             print(f"train.py: error: {e}", file=sys.stderr)
@@ -1179,6 +1377,9 @@ def main(argv=None):
         try:
             procs = distributed.join(explicit.get("dist_timeout", DIST_TIMEOUT_MINUTES))
             stop.shared = procs.active
+            # A torchrun worker on its way out ignores the SIGTERM torchrun sends the others
+            # once one has exited, so that each rank ends with its own exit code.
+            stop.leaving = procs.active
             return run_training(explicit, stop, procs)
         except UsageError as e:
             if e.this_rank:
@@ -1189,7 +1390,6 @@ def main(argv=None):
         except Quiet as e:
             return e.code
         except distributed.PeerLost as e:
-            stop.leaving = True
             print(f"train.py: error: rank {procs.rank} lost the other processes of this torchrun "
                   f"job ({e}); the checkpoints on disk are intact: rerun the same command to "
                   f"resume", file=sys.stderr)
