@@ -1,10 +1,15 @@
-"""Quality metrics of sampled antibody sequences.
+"""Quality metrics: of sampled antibody sequences (validity, uniqueness, novelty), of a language
+model (perplexity), and of predicted spectra (R², mean absolute error).
 
 Validity is a rule check for "looks like a real heavy-chain variable domain" built from the
 conserved anchors that every functional human VH carries; the windows were measured on 8,185
 real VH domains (OAS, Jaffe et al. 2022) and 182 therapeutic VH (Thera-SAbDab) so that both
 score near 100%, while shuffled versions of the same sequences score near 0%.
 """
+
+import math
+
+import numpy as np
 
 from data import AMINO_ACIDS
 
@@ -78,3 +83,27 @@ def imgt_validity(sequences):
                     if not r.insertion_code}
         valid += all(residues.get(p) == aa for p, aa in IMGT_ANCHORS.items())
     return valid / len(sequences)
+
+
+def uniqueness(sequences):
+    """Share of distinct sequences among those sampled (0-1): the same as `diversity`."""
+    return diversity(sequences)
+
+
+def perplexity(mean_nll):
+    """exp of the mean negative log-likelihood per token (natural log), capped to stay finite."""
+    return math.exp(min(mean_nll, 700.0))
+
+
+def r2(predicted, true):
+    """Coefficient of determination over all values: 1 - SS_res / SS_tot (numpy arrays)."""
+    true = np.asarray(true, dtype=np.float64)
+    residual = np.sum((np.asarray(predicted, dtype=np.float64) - true) ** 2)
+    total = np.sum((true - true.mean()) ** 2)
+    return float(1.0 - residual / total) if total > 0 else float("nan")
+
+
+def mae(predicted, true):
+    """Mean absolute error over all values (in decades, for log10 spectra)."""
+    return float(np.mean(np.abs(np.asarray(predicted, dtype=np.float64) -
+                                np.asarray(true, dtype=np.float64))))

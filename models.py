@@ -194,8 +194,10 @@ class AntibodyTransformer(nn.Module):
         return loss_sum / count, count
 
     @torch.no_grad()
-    def generate(self, num_sequences, generator, temperature=1.0, max_len=None):
+    def generate(self, num_sequences, generator, temperature=1.0, max_len=None, top_p=1.0):
         """Sample token sequences (without <bos>), stopping each at <eos> or `max_len` tokens.
+        `top_p` < 1 samples from the smallest set of tokens whose probabilities add up to at
+        least top_p (nucleus sampling).
 
         Sampling draws only from `generator`, never the global RNG, so evaluating a model does
         not change the random stream that training continues with.
@@ -213,6 +215,8 @@ class AntibodyTransformer(nn.Module):
             logits[:, PAD_ID] = float("-inf")  # <pad> and <bos> are never valid continuations
             logits[:, BOS_ID] = float("-inf")
             probs = F.softmax(logits.float() / temperature, dim=-1)
+            if top_p < 1.0:
+                probs = _nucleus(probs, top_p)
             nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)
             nxt[finished] = PAD_ID
             out.append(nxt)
@@ -222,6 +226,15 @@ class AntibodyTransformer(nn.Module):
                 break
         self.train(was_training)
         return torch.cat(out, dim=1).cpu()
+
+
+def _nucleus(probs, top_p):
+    """`probs` with every token outside the top-p nucleus set to 0 (the most likely token is
+    always kept); multinomial renormalises."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs   # mass of the more likely tokens
+    sorted_probs[before >= top_p] = 0.0
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
 
 
 # --------------------------------------------------------------------------------------------

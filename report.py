@@ -159,9 +159,17 @@ def progress_line(epoch, epochs, step, steps, loss, rate, epoch_left_s, run_left
     return " | ".join(parts)
 
 
-def epoch_summary(epoch, epochs, train_loss, val_loss, validity, diversity, seconds):
+def epoch_summary(epoch, epochs, train_loss, val_loss, measures, seconds):
+    """One line per epoch: losses, then the measures taken (see train.MEASURES)."""
     parts = [f"Epoch {epoch}/{epochs}", f"train loss {train_loss:.4f}", f"val loss {val_loss:.4f}"]
-    if validity is not None:
-        parts += [f"validity {_percent(validity)}", f"diversity {_percent(diversity)}"]
+    if measures.get("perplexity") is not None:
+        parts.append(f"perplexity {measures['perplexity']:.3f}")
+    for key in ("validity", "diversity", "novelty"):
+        if measures.get(key) is not None:
+            parts.append(f"{key} {_percent(measures[key])}")
+    for name in ("T", "DOS"):
+        if measures.get(f"r2_log10_{name}") is not None:
+            parts.append(f"log10 {name} R² {measures[f'r2_log10_{name}']:.3f} MAE "
+                         f"{measures[f'mae_log10_{name}']:.2f}")
     parts.append(f"{seconds:.1f}s")
     return " | ".join(parts)

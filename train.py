@@ -55,7 +55,11 @@ RUN_IDENTITY = ("model", "config", "data", "num_samples", "val_fraction", "seed"
 # What an explicit flag may change on resume, with a notice.
 OVERRIDABLE = ("lr", "weight_decay", "grad_clip", "precision")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "validity", "diversity", "lr")
+# Per-epoch measures beyond the losses: the transformer's perplexity and sampled-sequence
+# quality, the GNN's fit of log10 T(E) and log10 DOS(E) (None where not measured).
+MEASURES = ("perplexity", "validity", "diversity", "novelty", "r2_log10_T", "r2_log10_DOS",
+            "mae_log10_T", "mae_log10_DOS")
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "lr") + MEASURES
 
 
 class UsageError(Exception):
@@ -201,6 +205,9 @@ def build_parser():
                    help="the checkpoint to use (default: the run's NAME_best.pt)")
     g.add_argument("--temperature", type=float, metavar="T",
                    help="sampling temperature (default 1.0)")
+    g.add_argument("--top-p", "--top_p", type=float, metavar="P",
+                   help="nucleus sampling: draw from the most likely tokens whose "
+                        "probabilities add up to P (default 1.0: all tokens)")
     g.add_argument("--output", metavar="FILE",
                    help="where to write (default NAME_generated.fasta or NAME_predictions.csv "
                         "in the checkpoint folder)")
@@ -418,7 +425,13 @@ class Progress:
 
     @classmethod
     def from_checkpoint(cls, state):
-        return cls(**{k: state[k] for k in cls.FIELDS if k in state})
+        progress = cls(**{k: state[k] for k in cls.FIELDS if k in state})
+        # A checkpoint from before a measure existed: that measure was not taken then.
+        history = dict(progress.history)
+        for key in HISTORY_KEYS:
+            history.setdefault(key, [None] * len(history["epoch"]))
+        progress.history = history
+        return progress
 
     def to_checkpoint(self):
         return {k: getattr(self, k) for k in self.FIELDS}
@@ -429,14 +442,16 @@ class Progress:
         self.samples_in_epoch += samples
         self.epoch_loss_sum += loss
 
-    def end_epoch(self, val_loss, validity, diversity, lr):
-        """Close the epoch; returns True when validation loss improved on the best."""
+    def end_epoch(self, val_loss, lr, measures):
+        """Close the epoch (`measures`: some of MEASURES); returns True when validation loss
+        improved on the best."""
         self.epoch += 1
         self.train_loss = self.epoch_loss_sum / max(1, self.step_in_epoch)
         self.val_loss = val_loss
-        for key, value in zip(HISTORY_KEYS, (self.epoch, self.train_loss, val_loss, validity,
-                                             diversity, lr)):
-            self.history[key].append(value)
+        values = {"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": val_loss,
+                  "lr": lr, **measures}
+        for key in HISTORY_KEYS:
+            self.history[key].append(values.get(key))
         self.step_in_epoch = self.samples_in_epoch = 0
         self.epoch_loss_sum = 0.0
         improved = self.best_val_loss is None or val_loss < self.best_val_loss
@@ -524,6 +539,7 @@ class Trainer:
             step_loss = model.loss
         self.training_loss = torch.compile(step_loss) if compile_model else step_loss
         self.time_save_due = False   # under torchrun: rank 0's clock, agreed at each step
+        self.training_sequences = None   # for novelty; built at the first sampling
         self.dataset, self.device, self.progress, self.stop = dataset, device, progress, stop
         self.last_checkpoint = None
         self.save_error = None
@@ -578,16 +594,14 @@ class Trainer:
             val_loss = self.validation_loss()
             if val_loss is None:
                 return self.stop_and_save()
-            validity = diversity = None
-            if self.sampling_due(epoch):
-                validity, diversity = self.sample_metrics(epoch)
+            measures = self.epoch_measures(epoch, val_loss)
             # A previous save that failed may still revert the best (see collect_save).
             self.collect_save(block=True)
             previous_best = (p.best_val_loss, p.best_epoch)
-            improved = p.end_epoch(val_loss, validity, diversity, self.scheduler.get_last_lr()[0])
+            improved = p.end_epoch(val_loss, self.scheduler.get_last_lr()[0], measures)
             self.write_plots()
-            say(report.epoch_summary(epoch, s["epochs"], p.train_loss, val_loss, validity,
-                                     diversity, time.monotonic() - started))
+            say(report.epoch_summary(epoch, s["epochs"], p.train_loss, val_loss, measures,
+                                     time.monotonic() - started))
             if improved:
                 was = "" if previous_best[0] is None else f" (was {previous_best[0]:.4f})"
                 say(f"New best validation loss: {val_loss:.4f}{was}")
@@ -715,8 +729,39 @@ class Trainer:
                 and (epoch % self.settings["eval_interval"] == 0
                      or epoch == self.settings["epochs"]))
 
+    def epoch_measures(self, epoch, val_loss):
+        """The epoch's measures for the summary and the history (rank 0 takes the ones that
+        need a pass of their own; the others record None, and never save)."""
+        if self.config.model == "transformer":
+            measures = {"perplexity": metrics.perplexity(val_loss)}
+            if self.sampling_due(epoch):
+                measures.update(self.sample_metrics(epoch))
+            return measures
+        return self.spectrum_metrics() if self.procs.main else {}
+
+    @torch.no_grad()
+    def spectrum_metrics(self):
+        """R² and mean absolute error (decades) of log10 T(E) and log10 DOS(E) over the
+        validation set, from the model's predictions in physical units."""
+        self.model.eval()
+        predicted, true = [], []
+        val = self.dataset.val
+        for start in range(0, len(val), self.batch_size):
+            batch = self.dataset.data.batch(val[start:start + self.batch_size])
+            with self.autocast():
+                predicted.append(self.model.predict(
+                    {k: v.to(self.device) for k, v in batch.items()}).float().cpu())
+            true.append(batch["target"])
+        self.model.train()
+        predicted, true = torch.cat(predicted).numpy(), torch.cat(true).numpy()
+        measures = {}
+        for index, name in ((0, "T"), (1, "DOS")):
+            measures[f"r2_log10_{name}"] = metrics.r2(predicted[:, index], true[:, index])
+            measures[f"mae_log10_{name}"] = metrics.mae(predicted[:, index], true[:, index])
+        return measures
+
     def sample_metrics(self, epoch):
-        """Validity and diversity of sampled sequences, which are also written as FASTA.
+        """Validity, diversity and novelty of sampled sequences, also written as FASTA.
         Sampling has its own generator, seeded by (seed, epoch): it never moves the training
         RNG, so runs with and without sampling train identically."""
         seed = int(np.random.SeedSequence([self.settings["seed"], 5, epoch]).generate_state(1)[0])
@@ -729,7 +774,12 @@ class Trainer:
             ckpt.write_text(out_dir / self.run.samples.name, fasta)
         except OSError as e:
             warn(f"could not write sampled sequences to {out_dir}: {e.strerror or e}")
-        return metrics.validity(sequences), metrics.diversity(sequences)
+        if self.training_sequences is None:
+            self.training_sequences = {self.dataset.data.sequences[int(i)]
+                                       for i in self.dataset.train}
+        return {"validity": metrics.validity(sequences),
+                "diversity": metrics.diversity(sequences),
+                "novelty": metrics.novelty(sequences, self.training_sequences)}
 
     def steps_left(self, steps_in_epoch):
         """(steps left in this epoch, steps left in the run)."""
@@ -1316,11 +1366,12 @@ def use_trained_model(explicit):
 
 def _sample(explicit, model, state, where, output):
     n, seed = explicit["sample"], explicit.get("seed", 0)
-    temperature = explicit.get("temperature", 1.0)
+    temperature, top_p = explicit.get("temperature", 1.0), explicit.get("top_p", 1.0)
     _check(n > 0, f"--sample must be a positive integer (got {n})")
+    _check(0 < top_p <= 1, f"--top-p must be in (0, 1] (got {top_p})")
     _check(math.isfinite(temperature) and temperature > 0,
            f"--temperature must be a positive number (got {temperature})")
-    sequences = use_model.sample_sequences(model, n, temperature, seed)
+    sequences = use_model.sample_sequences(model, n, temperature, seed, top_p)
     check_writable_folder(output.parent, "--output")
     ckpt.write_text(output, use_model.fasta(sequences, f"sample_t{temperature:g}_seed{seed}"))
     settings = merge_settings({}, state["args"])
@@ -1336,7 +1387,9 @@ def _sample(explicit, model, state, where, output):
     validity += (" (IMGT check not run: pip install anarcism to add it)" if imgt is None else
                  f", {100 * imgt:.1f}% (IMGT: anarcism numbers one human VH domain with "
                  f"Cys23, Trp41, Cys104, Trp118)")
-    print(f"Sampled {n} sequences from {where}, temperature {temperature:g}, seed {seed}: "
+    nucleus = f", top-p {top_p:g}" if top_p < 1 else ""
+    print(f"Sampled {n} sequences from {where}, temperature {temperature:g}{nucleus}, "
+          f"seed {seed}: "
           f"{validity}, diversity {100 * metrics.diversity(sequences):.1f}%{novelty}; "
           f"written to {output}")
     return EXIT_OK

@@ -30,10 +30,11 @@ def load_model(path, family):
     return model.eval(), state
 
 
-def sample_sequences(model, n, temperature, seed):
+def sample_sequences(model, n, temperature, seed, top_p=1.0):
     """`n` sequences drawn from the model with a generator seeded by `seed` only: the same
-    checkpoint, n, temperature and seed give the same sequences."""
-    tokens = model.generate(n, torch.Generator().manual_seed(seed), temperature=temperature)
+    checkpoint, n, temperature, top_p and seed give the same sequences."""
+    tokens = model.generate(n, torch.Generator().manual_seed(seed), temperature=temperature,
+                            top_p=top_p)
     return [data.decode(t) for t in tokens]
 
 
