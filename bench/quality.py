@@ -1,6 +1,6 @@
 """Do the models learn their science? Held-out quality of both models against simple baselines.
 
-    python bench/quality.py                    # both, about 12 minutes on 2 CPU cores
+    python bench/quality.py                    # both, about 10 minutes on 2 CPU cores
     python bench/quality.py --model gnn        # about 2 minutes
     python bench/quality.py --model transformer
 
