@@ -574,8 +574,10 @@ class Trainer:
                     # The step's batch is the next slice of the epoch's order, whatever the
                     # number of processes; each rank trains on its share of it.
                     indices = order[p.samples_in_epoch:p.samples_in_epoch + self.batch_size]
-                    loss = self.train_step(indices, self.procs.main and self.save_interval_passed(
-                        last_save_time))
+                    # Under torchrun, rank 0's checkpoint clock travels in the step's all-reduce.
+                    clock_due = (self.procs.active and self.procs.main
+                                 and self.save_interval_passed(last_save_time))
+                    loss = self.train_step(indices, clock_due)
                     p.record_step(len(indices), loss)
                     if self.procs.main and not self.saver.staging.prepared:
                         # After the first step the optimizer state exists: the whole layout.
@@ -599,9 +601,9 @@ class Trainer:
             self.collect_save(block=True)
             previous_best = (p.best_val_loss, p.best_epoch)
             improved = p.end_epoch(val_loss, self.scheduler.get_last_lr()[0], measures)
-            self.write_plots()
             say(report.epoch_summary(epoch, s["epochs"], p.train_loss, val_loss, measures,
                                      time.monotonic() - started))
+            self.write_plots()   # after the summary: its epoch time leaves out the drawing
             if improved:
                 was = "" if previous_best[0] is None else f" (was {previous_best[0]:.4f})"
                 say(f"New best validation loss: {val_loss:.4f}{was}")
@@ -792,12 +794,11 @@ class Trainer:
         p = self.progress
         if p.step_in_epoch * 10 // steps_in_epoch == (p.step_in_epoch - 1) * 10 // steps_in_epoch:
             return
-        rate = self.clock.rate(p.global_step)
         epoch_left, run_left = self.steps_left(steps_in_epoch)
         line = report.progress_line(epoch, self.settings["epochs"], p.step_in_epoch,
-                                    steps_in_epoch, loss, rate,
-                                    epoch_left / rate if rate else None,
-                                    run_left / rate if rate else None)
+                                    steps_in_epoch, loss, self.clock.rate(p.global_step),
+                                    self.clock.eta_seconds(p.global_step, epoch_left),
+                                    self.clock.eta_seconds(p.global_step, run_left))
         print(line, file=sys.stderr, flush=True)
 
     def write_plots(self):
