@@ -2,8 +2,9 @@
 
 A checkpoint is an ordinary `torch.save` zip archive, so plain `torch.load(path)` reads it. The
 archive's comment (the zip format's own field at the very end of the file) holds
-`sha256:<64 hex digits>`, the digest of every byte before the comment. One file, one rename:
-there is no moment at which a checkpoint and its checksum disagree.
+`crc32:<8 hex digits>`, the CRC-32 of every byte before the comment (files written by earlier
+versions hold `sha256:<64 hex digits>` and still verify). One file, one rename: there is no
+moment at which a checkpoint and its checksum disagree.
 
 Nothing here prints; callers decide what to tell the user.
 """
@@ -21,6 +22,7 @@ import shutil
 import socket
 import struct
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +36,30 @@ REQUIRED_KEYS = (
     "global_step", "step_in_epoch", "rng_state", "format_version",
 )
 
-_CHECKSUM_PREFIX = b"sha256:"
-_COMMENT_LENGTH = len(_CHECKSUM_PREFIX) + 64
+
+
+class _Crc32:
+    """zlib.crc32 with hashlib's interface."""
+
+    def __init__(self):
+        self._value = 0
+
+    def update(self, data):
+        self._value = zlib.crc32(data, self._value)
+
+    def hexdigest(self):
+        return f"{self._value:08x}"
+
+
+# The seal is the archive's comment: `<name>:<hex digest>`, which says how to check it. New files
+# get CRC-32, as zip and PNG use, to catch damage (torn writes, flipped bits, truncation; the
+# checksum is no defence against someone who edits a file, and needs none: loading refuses
+# anything but tensors and plain values). It runs at about 6.5 GB/s here against 1.9 GB/s for
+# SHA-256, which this tool used before: every background save hashes the whole state on a core
+# that training needs (0.28 s against 0.08 s for the medium transformer's 531 MB).
+_SEALS = {b"crc32:": (8, _Crc32), b"sha256:": (64, hashlib.sha256)}   # prefix: (hex digits, hash)
+_WRITTEN_SEAL = b"crc32:"
+_LONGEST_COMMENT = max(len(prefix) + digits for prefix, (digits, _) in _SEALS.items())
 _END_RECORD = b"PK\x05\x06"   # zip "end of central directory" record, 22 bytes + comment
 _END_RECORD_SIZE = 22
 _CHUNK = 8 << 20
@@ -196,14 +220,14 @@ class _SealedWriter:
     def __init__(self, fd):
         self.fd = fd
         self.error = None
-        self.digest = hashlib.sha256()
+        self.digest = _SEALS[_WRITTEN_SEAL][1]()
         self.size = 0          # bytes torch.save has written
         self.written = 0       # bytes sent to the file
         self.direct = _set_direct_io(fd, True)
         # Room for a full block, the bytes kept back, and the comment sealing appends. (Freed
         # with the writer: closing it explicitly fails while an error's traceback still
         # holds a view of it.)
-        self._buffer = mmap.mmap(-1, self._BLOCK + self._ALIGN + _COMMENT_LENGTH)
+        self._buffer = mmap.mmap(-1, self._BLOCK + self._ALIGN + _LONGEST_COMMENT)
         self._filled = 0
 
     def write(self, data):
@@ -237,14 +261,15 @@ class _SealedWriter:
         self._filled = kept
 
     def seal(self):
-        """Set the end record's comment length, append `sha256:<hex>` as the comment and write
+        """Set the end record's comment length, append `crc32:<hex>` as the comment and write
         the remaining bytes."""
         end = bytes(self._buffer[max(0, self._filled - _END_RECORD_SIZE):self._filled])
         if len(end) < _END_RECORD_SIZE or end[:4] != _END_RECORD or end[20:22] != b"\0\0":
             raise RuntimeError("torch.save did not end its archive with a plain end record")
-        self._buffer[self._filled - 2:self._filled] = struct.pack("<H", _COMMENT_LENGTH)
+        comment_length = len(_WRITTEN_SEAL) + _SEALS[_WRITTEN_SEAL][0]
+        self._buffer[self._filled - 2:self._filled] = struct.pack("<H", comment_length)
         self.digest.update(memoryview(self._buffer)[:self._filled])
-        comment = _CHECKSUM_PREFIX + self.digest.hexdigest().encode()
+        comment = _WRITTEN_SEAL + self.digest.hexdigest().encode()
         self._buffer[self._filled:self._filled + len(comment)] = comment
         self._filled += len(comment)
         if self.direct:   # the tail is not a whole number of blocks
@@ -374,13 +399,9 @@ def verify_checksum(path):
                 raise CheckpointError("empty file (0 bytes)")
             f.seek(0)
             head = f.read(4)
-            tail_size = _END_RECORD_SIZE + _COMMENT_LENGTH
-            f.seek(max(0, size - tail_size))
-            tail = f.read(tail_size)
-            sealed = (len(tail) == tail_size and tail[:4] == _END_RECORD
-                      and struct.unpack("<H", tail[20:22])[0] == _COMMENT_LENGTH
-                      and tail[_END_RECORD_SIZE:].startswith(_CHECKSUM_PREFIX))
-            if not sealed:
+            f.seek(max(0, size - _END_RECORD_SIZE - _LONGEST_COMMENT))
+            seal = _find_seal(f.read())
+            if seal is None:
                 if head == b"PK\x03\x04":
                     raise CheckpointError(
                         f"truncated or not written by this tool ({size} bytes; the zip archive "
@@ -389,10 +410,9 @@ def verify_checksum(path):
                     raise CheckpointError("a raw pickle, not a checkpoint (refused without "
                                           "unpickling it)")
                 raise CheckpointError(f"not a checkpoint (unknown format, {size} bytes)")
-            expected = tail[_END_RECORD_SIZE + len(_CHECKSUM_PREFIX):].decode("ascii", "replace")
-            digest = hashlib.sha256()
+            digest, expected, comment_length = seal
             f.seek(0)
-            remaining = size - _COMMENT_LENGTH
+            remaining = size - comment_length
             while remaining:
                 chunk = f.read(min(_CHUNK, remaining))
                 if not chunk:
@@ -408,6 +428,20 @@ def verify_checksum(path):
         raise CheckpointError("is a directory, not a file") from None
     except OSError as e:
         raise CheckpointError(f"cannot read it: {e.strerror}") from None
+
+
+def _find_seal(tail):
+    """(new hash object, expected hex digest, comment length) from the file's last bytes if it
+    ends with a zip end record whose comment is a seal this tool knows; else None."""
+    for prefix, (digits, new_hash) in _SEALS.items():
+        length = len(prefix) + digits
+        record = tail[-(_END_RECORD_SIZE + length):]
+        if (len(record) == _END_RECORD_SIZE + length and record[:4] == _END_RECORD
+                and struct.unpack("<H", record[20:22])[0] == length
+                and record[_END_RECORD_SIZE:].startswith(prefix)):
+            expected = record[_END_RECORD_SIZE + len(prefix):].decode("ascii", "replace")
+            return new_hash(), expected, length
+    return None
 
 
 def load_checkpoint(path):

@@ -28,6 +28,26 @@ def test_snapshot_is_a_copy_that_training_cannot_change():
     assert snapshot["history"]["epoch"] == [1]
 
 
+def test_prepared_buffers_are_kept_and_save_exactly_as_buffers_made_on_demand():
+    """prepare() makes the buffers the first snapshot uses (scalars, empty tensors, every
+    dtype), and the file is the same as without it."""
+    import io
+    state = {**trained_state(), "odd": [torch.tensor(3.0), torch.zeros(0, 4),
+                                        torch.zeros(0, dtype=torch.int64),
+                                        torch.ones(3, dtype=torch.bool), torch.randn(5).half()]}
+    staging = background_save.StagingBuffers()
+    staging.prepare(state)
+    pointers = {path: b.data_ptr() for path, b in staging._buffers.items()}
+    snapshot = staging.snapshot(state)
+    assert {path: b.data_ptr() for path, b in staging._buffers.items()} == pointers
+
+    def saved(value):
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        return buffer.getvalue()
+    assert saved(snapshot) == saved(background_save.StagingBuffers().snapshot(state))
+
+
 def test_buffers_are_kept_between_saves_and_tied_tensors_share_one():
     state = trained_state()
     staging = background_save.StagingBuffers()
@@ -90,6 +110,19 @@ def test_non_finite_weights_are_never_written(tmp_path):
     _, error = saver.wait()
     assert isinstance(error, background_save.NonFiniteWeights)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_all_finite_finds_nan_and_inf_and_is_not_fooled_by_an_overflowing_sum():
+    big = torch.full((4,), 3e38)          # finite values whose sum overflows to inf
+    ints = torch.tensor([2**62, 2**62])   # not floating point: never non-finite
+    assert background_save.all_finite([big, ints, torch.ones(3, dtype=torch.float16) * 6e4])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+            t = torch.zeros(1000, dtype=dtype)
+            t[777] = bad
+            assert not background_save.all_finite([torch.ones(2), t]), (bad, dtype)
+    both = torch.tensor([float("inf"), -float("inf")])   # sums to NaN
+    assert not background_save.all_finite([both])
 
 
 def test_progress_file_reports_how_long_saves_blocked_training(tmp_path):

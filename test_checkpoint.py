@@ -71,17 +71,31 @@ def test_save_load_round_trip_keeps_every_tensor(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r_best.pt", "r_latest.pt"]
 
 
-def expected_sealed_bytes(state):
+def expected_sealed_bytes(state, seal="crc32"):
     """The documented format, built independently: torch.save's archive (without the zip
-    CRC-32 save_checkpoint skips), the end record's comment length set, and
-    `sha256:<hex of every byte before the comment>` appended."""
+    CRC-32 records save_checkpoint skips), the end record's comment length set, and
+    `crc32:<8 hex digits>` of every byte before the comment appended (or, as earlier versions
+    of this tool wrote, `sha256:<64 hex digits>`)."""
     import io
+    import zlib
     buffer = io.BytesIO()
     with ckpt._without_zip_crc32():
         torch.save(state, buffer)
     body = bytearray(buffer.getvalue())
-    body[-2:] = (len("sha256:") + 64).to_bytes(2, "little")
+    body[-2:] = {"crc32": 6 + 8, "sha256": 7 + 64}[seal].to_bytes(2, "little")
+    if seal == "crc32":
+        return bytes(body) + b"crc32:" + f"{zlib.crc32(body):08x}".encode()
     return bytes(body) + b"sha256:" + hashlib.sha256(body).hexdigest().encode()
+
+
+def test_files_sealed_with_sha256_by_earlier_versions_still_verify(tmp_path):
+    state = trained_state()
+    old = tmp_path / "old.pt"
+    old.write_bytes(expected_sealed_bytes(state, seal="sha256"))
+    assert_tensors_equal(state, ckpt.load_checkpoint(old))
+    damage(old, "flipped bit", tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="checksum mismatch"):
+        ckpt.load_checkpoint(old)
 
 
 def direct_io_works(folder):

@@ -1,6 +1,7 @@
 """What checkpointing costs: stall per save, end-to-end overhead, resume start-up, throughput.
 
-    python bench/bench_checkpoint.py            # about 4.5 minutes on 2 CPU cores
+    python bench/bench_checkpoint.py            # about 5 minutes on 2 CPU cores
+    python bench/bench_checkpoint.py --smoke    # every code path on the tiny model, ~1 minute
 
 Measured in one run, on the medium transformer (44M parameters; model + AdamW state 531 MB):
 
@@ -14,7 +15,9 @@ Measured in one run, on the medium transformer (44M parameters; model + AdamW st
   medium checkpoint against starting fresh;
 - throughput: train.py's samples/s (tokens/s for the transformer, graphs/s for the GNN) in an
   epoch against a bare loop over the same model and batches with no checkpointing, progress
-  bar or metrics.
+  bar or metrics;
+- if `lightning` is installed (optional): the same training under Lightning with its
+  ModelCheckpoint saving at the same steps (bench/lightning_baseline.py).
 
 Prints a table, then last:
     stall_vs_copy=X stall_vs_sync=Y overhead=Z% resume_vs_fresh=W throughput_vs_bare=V
@@ -35,8 +38,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-MEDIUM_RUN = ["--config", "medium", "--num-samples", "222", "--batch-size", "2",
-              "--eval-samples", "2", "--checkpoint-every-minutes", "0", "--warmup-steps", "10"]
+# The measured training: 200 training samples in steps of 2 make a 100-step epoch, saved at
+# step 50 and at its end. --smoke runs the same code paths on the tiny model in seconds.
+FULL = {"run": ["--config", "medium", "--num-samples", "222", "--batch-size", "2",
+                "--eval-samples", "2", "--checkpoint-every-minutes", "0", "--warmup-steps", "10"],
+        "save_every": 50, "config": "medium",
+        "throughput": (("transformer", ["--num-samples", "700"], 2),
+                       ("gnn", ["--model", "gnn", "--num-samples", "4000"], 4))}
+SMOKE = {"run": ["--config", "tiny", "--num-samples", "44", "--batch-size", "2",
+                 "--eval-samples", "2", "--checkpoint-every-minutes", "0", "--warmup-steps", "2"],
+         "save_every": 10, "config": "tiny",
+         "throughput": (("transformer", ["--num-samples", "40"], 1),
+                        ("gnn", ["--model", "gnn", "--num-samples", "100"], 1))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,12 +66,12 @@ def child_train(args, saving):
         train.background_save.StagingBuffers.prepared = True   # no staging memory either
     original = train.Trainer.train
     original_step = train.Trainer.train_step
-    timing = {"steps": []}
+    timing = {"steps": [], "measuring_s": 0.0}
 
-    def step(self, batch):
+    def step(self, *args):
         writing = self.saver.in_flight
         started = time.perf_counter()
-        result = original_step(self, batch)
+        result = original_step(self, *args)
         timing["steps"].append((time.perf_counter() - started, writing or self.saver.in_flight))
         return result
 
@@ -75,6 +88,7 @@ def child_train(args, saving):
 
         def start_save(self, *args, **kwargs):
             self.collect_save(block=True)   # what start_save does first anyway
+            measuring = time.perf_counter()
             tensors = list(_tensors(self.checkpoint_state()))
             if len(kept) != len(tensors):
                 kept.update({i: torch.empty_like(t).zero_() for i, t in enumerate(tensors)})
@@ -82,6 +96,8 @@ def child_train(args, saving):
             for i, t in enumerate(tensors):
                 kept[i].copy_(t)
             timing["copy_s"].append(time.perf_counter() - started)
+            # This measurement is not part of saving: its time comes off the training time.
+            timing["measuring_s"] += time.perf_counter() - measuring
             original_start(self, *args, **kwargs)
 
         train.Trainer.start_save = start_save
@@ -91,12 +107,32 @@ def child_train(args, saving):
         try:
             return original(self)
         finally:
-            timing["train_s"] = time.perf_counter() - started
+            timing["train_s"] = time.perf_counter() - started - timing["measuring_s"]
 
     train.Trainer.train = timed
+    timing["final_wait_s"], timing["eval_s"] = [], []
+    for name, key in (("final_save_outcome", "final_wait_s"), ("validation_loss", "eval_s"),
+                      ("epoch_measures", "eval_s"), ("write_plots", "eval_s")):
+        setattr(train.Trainer, name, _timed(getattr(train.Trainer, name), timing[key]))
     code = train.main(args)
     measuring = sum(t.numel() * t.element_size() for t in kept.values()) if saving else 0
     print(json.dumps({"code": code, "peak_rss_mb": (peak_rss() - measuring) / 1e6, **timing}))
+
+
+def _timed(method, durations):
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            durations.append(time.perf_counter() - started)
+    return timed
+
+
+def child_lightning(args, every_n_steps):
+    import lightning_baseline
+    with tempfile.TemporaryDirectory() as folder:
+        print(json.dumps(lightning_baseline.train_with_lightning(args, folder, every_n_steps)))
 
 
 def peak_rss():
@@ -113,8 +149,8 @@ def child_first_step(args):
     import train
     original = train.Trainer.train_step
 
-    def first(self, batch):
-        original(self, batch)
+    def first(self, *args):
+        original(self, *args)
         print("FIRST_STEP", flush=True)
         os._exit(0)
 
@@ -154,10 +190,10 @@ def child_throughput(model_args, attempts):
         marks = []
         original = train.Trainer.train_step
 
-        def step(self, batch):
+        def step(self, *args):
             if not marks:
                 marks.append(time.perf_counter())
-            result = original(self, batch)
+            result = original(self, *args)
             marks[1:] = [time.perf_counter()]
             return result
 
@@ -220,8 +256,8 @@ def time_to_first_step(args, repeats=2):
     return min(times)
 
 
-def medium_state():
-    """The medium transformer's full checkpoint state after one AdamW step."""
+def trained_state(size):
+    """The transformer's full checkpoint state (config `size`) after one AdamW step."""
     import torch
     import checkpoint as ckpt
     import data
@@ -229,7 +265,7 @@ def medium_state():
     import train
     from dataclasses import asdict
     torch.manual_seed(0)
-    config = models.get_config("transformer", "medium")
+    config = models.get_config("transformer", size)
     model = models.build_model(config)
     optimizer, scheduler = train.build_optimizer(
         model, {"lr": 1e-4, "weight_decay": 0.01, "warmup_steps": 10, "lr_schedule": "constant",
@@ -245,11 +281,11 @@ def medium_state():
             "rng_state": ckpt.capture_rng_state(), "format_version": ckpt.FORMAT_VERSION}
 
 
-def measure_copy_and_sync(folder):
+def measure_copy_and_sync(folder, size):
     import torch
     import background_save
     import checkpoint as ckpt
-    state = medium_state()
+    state = trained_state(size)
     tensors = [t for t in _tensors(state)]
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
     kept = [torch.empty_like(t) for t in tensors]
@@ -293,6 +329,9 @@ def _tensors(value):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="run every measurement on the tiny model, briefly (a test of the "
+                             "benchmark, not a measurement)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
@@ -301,80 +340,125 @@ def main():
             return child_train(json.loads(rest[0]), saving=rest[1] == "saving")
         if kind == "first-step":
             return child_first_step(json.loads(rest[0]))
+        if kind == "lightning":
+            return child_lightning(json.loads(rest[0]), int(rest[1]))
         return child_throughput(json.loads(rest[0]), int(rest[1]))
+    plan = SMOKE if options.smoke else FULL
+    try:
+        import lightning  # noqa: F401
+        have_lightning = True
+    except ImportError:
+        have_lightning = False
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        base = measure_copy_and_sync(work)
+        base = measure_copy_and_sync(work, plan["config"])
 
-        # Identical runs here differ by 1-5%, as much as the effect measured: the saving run
-        # goes between two runs without saving, and is compared with the faster of them
-        # (which can only overstate the overhead).
+        # Identical runs here differ by up to 5% (more than the effect measured): the saving
+        # run goes between two runs without saving and is compared with their mean, which
+        # cancels a drift of the machine's speed during the three runs.
         runs = {"saving": [], "nosave": []}
         for attempt, kind in enumerate(("nosave", "saving", "nosave")):
             folder = work / f"{kind}{attempt}"
-            args = [*MEDIUM_RUN, "--epochs", "1", "--checkpoint-dir", str(folder)]
+            args = [*plan["run"], "--epochs", "1", "--checkpoint-dir", str(folder)]
             if kind == "saving":
-                args += ["--checkpoint-every-steps", "50"]
+                args += ["--checkpoint-every-steps", str(plan["save_every"])]
             result = run_child("train", json.dumps(args), kind)
             result["folder"] = folder
             runs[kind].append(result)
         with_saves = runs["saving"][0]
-        without = min(runs["nosave"], key=lambda r: r["train_s"])
         save_dir = with_saves["folder"]
-        progress = json.loads((save_dir / "transformer_medium_progress.json").read_text())
+        name = f"transformer_{plan['config']}"
+        progress = json.loads((save_dir / f"{name}_progress.json").read_text())
         stall = progress["checkpoint_stall"]
 
         # Resume: the saving run's epoch-1 checkpoint, continued to epoch 2; fresh: a new run.
-        resume_s = time_to_first_step([*MEDIUM_RUN, "--epochs", "2", "--checkpoint-dir",
+        resume_s = time_to_first_step([*plan["run"], "--epochs", "2", "--checkpoint-dir",
                                        str(save_dir)])
-        fresh_s = time_to_first_step([*MEDIUM_RUN, "--epochs", "2", "--checkpoint-dir",
+        fresh_s = time_to_first_step([*plan["run"], "--epochs", "2", "--checkpoint-dir",
                                       str(work / "fresh")])
 
-        # Best of 2 tiny-transformer epochs (7 s each) and of 4 GNN epochs (1 s each: the
-        # shorter the measurement, the more a moment of noise weighs).
-        tput = {}
-        for model, args, attempts in (("transformer", ["--num-samples", "700"], 2),
-                                      ("gnn", ["--model", "gnn", "--num-samples", "4000"], 4)):
-            tput[model] = run_child("throughput", json.dumps(args), str(attempts))
+        # Best of a few epochs: the shorter the measurement, the more a moment of noise weighs.
+        tput = {model: run_child("throughput", json.dumps(args), str(attempts))
+                for model, args, attempts in plan["throughput"]}
 
-    rss_saving, rss_nosave = with_saves["peak_rss_mb"], without["peak_rss_mb"]
-
-    def all_runs(kind):
-        return " ".join(f"{r['train_s']:.1f}" for r in runs[kind])
-
-    copy_in_run = statistics.mean(with_saves["copy_s"])
-    stall_vs_copy = stall["mean_s"] / copy_in_run
-    during = [t for t, writing in with_saves["steps"] if writing]
-    quiet = statistics.median(t for t, writing in with_saves["steps"] if not writing)
-    extra_per_save = sum(t - quiet for t in during) / max(1, stall["saves"] - 1)
-    stall_vs_sync = base["sync_s"] / stall["mean_s"]
-    overhead = 100 * (with_saves["train_s"] / without["train_s"] - 1)
-    resume_vs_fresh = resume_s / fresh_s
-    ratios = {m: t["bare_s"] / t["ours_s"] for m, t in tput.items()}
-    snapshot_mb = base["state_bytes"] / 1e6
+        lightning_run = None
+        if have_lightning:
+            lightning_run = run_child("lightning", json.dumps(plan["run"]),
+                                      str(plan["save_every"]))
 
     import torch
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows, figures = report(base, runs, stall, resume_s, fresh_s, tput, lightning_run,
+                           have_lightning, plan["save_every"])
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'measure':{width}} | value |")
+    print(f"|{'-' * (width + 2)}|-------|")
+    for label, value in rows:
+        print(f"| {label:{width}} | {value} |")
+    print(f"benchmark time: {time.monotonic() - started:.0f} s")
+    print(" ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_lightning,
+           save_every):
+    """The table's rows and the last line's figures."""
+    with_saves = runs["saving"][0]
+    train_s = with_saves["train_s"]
+    without_s = statistics.mean(r["train_s"] for r in runs["nosave"])
+    raw_overhead = 100 * (train_s / without_s - 1)
+
+    # Identical runs here differ by up to 5% in speed, each run evenly over all its steps:
+    # more than the effect measured. So each run's wall time is also counted in its own
+    # median step (steps beside a background write left out), which cancels a run's speed.
+    def in_steps(run):
+        return run["train_s"] / statistics.median(t for t, writing in run["steps"]
+                                                  if not writing)
+    overhead = 100 * (in_steps(with_saves) / statistics.mean(map(in_steps, runs["nosave"])) - 1)
+    copy_in_run = statistics.mean(with_saves["copy_s"])
+    stall_vs_copy = stall["mean_s"] / copy_in_run
+    stall_vs_sync = base["sync_s"] / stall["mean_s"]
+    # What saving cost inside the saving run itself, free of the run-to-run noise: the steps
+    # that ran beside a background write against the run's median step, the loop's stalls,
+    # and the wait for the last write before exit.
+    during = [t for t, writing in with_saves["steps"] if writing]
+    quiet = statistics.median(t for t, writing in with_saves["steps"] if not writing)
+    slowed = sum(t - quiet for t in during)
+    final_wait = sum(with_saves["final_wait_s"])
+    stalled = stall["mean_s"] * stall["saves"]
+    accounted = slowed + stalled + final_wait
+    rss_saving = with_saves["peak_rss_mb"]
+    rss_nosave = max(r["peak_rss_mb"] for r in runs["nosave"])
+    resume_vs_fresh = resume_s / fresh_s
+    ratios = {m: t["bare_s"] / t["ours_s"] for m, t in tput.items()}
+    snapshot_mb = base["state_bytes"] / 1e6
+    all_nosave = " / ".join(f"{r['train_s']:.1f}" for r in runs["nosave"])
     rows = [
-        ("medium transformer state (model + AdamW)", f"{snapshot_mb:.0f} MB "
-                                                     f"(file {base['file_bytes'] / 1e6:.0f} MB)"),
+        ("transformer state (model + AdamW)", f"{snapshot_mb:.0f} MB "
+                                              f"(file {base['file_bytes'] / 1e6:.0f} MB)"),
         ("copy_ into kept buffers (quiet process)", f"{1000 * base['copy_s']:.1f} ms"),
         ("copy_ into kept buffers (in the training run, just before each save)",
          f"{1000 * copy_in_run:.1f} ms"),
-        ("StagingBuffers.snapshot (same, walking the state)", f"{1000 * base['snapshot_s']:.1f} ms"),
-        ("synchronous save_checkpoint (torch.save + sha256 + fsync)", f"{1000 * base['sync_s']:.0f} ms"),
+        ("StagingBuffers.snapshot (same, walking the state)",
+         f"{1000 * base['snapshot_s']:.1f} ms"),
+        ("synchronous save_checkpoint (torch.save + CRC-32 + fsync)",
+         f"{1000 * base['sync_s']:.0f} ms"),
         (f"train.py stall per save ({stall['saves']} saves; mean / max)",
          f"{1000 * stall['mean_s']:.1f} / {1000 * stall['max_s']:.1f} ms"),
         ("stall / copy", f"{stall_vs_copy:.2f}x"),
         ("sync / stall", f"{stall_vs_sync:.0f}x"),
-        ("training 100 steps + epoch: saving every 50 / no saving (faster of 2)",
-         f"{with_saves['train_s']:.1f} s / {without['train_s']:.1f} s ({overhead:+.1f}%; all "
-         f"runs {all_runs('saving')} / {all_runs('nosave')} s)"),
-        ("training slowed by a background write (per mid-epoch save)",
-         f"{extra_per_save:.2f} s over {len(during)} steps (quiet step {quiet:.2f} s)"),
+        (f"training {len(with_saves['steps'])} steps + epoch end: saving every {save_every} / "
+         "no saving (mean of the runs before and after)",
+         f"{train_s:.1f} s / {without_s:.1f} s ({raw_overhead:+.1f}%; no saving: {all_nosave} s)"),
+        ("the same, each run counted in its own median step (cancels the runs' speeds)",
+         f"{in_steps(with_saves):.1f} / "
+         f"{' and '.join(f'{in_steps(r):.1f}' for r in runs['nosave'])} steps ({overhead:+.1f}%)"),
+        ("in the saving run: steps beside a write, slowed by / stalls / wait for the last write",
+         f"{slowed:.2f} s ({len(during)} steps; median step {quiet:.2f} s) / "
+         f"{stalled:.2f} s / {final_wait:.2f} s = {accounted:.2f} s "
+         f"({100 * accounted / without_s:.1f}% of the run)"),
         ("peak RSS of the training process: saving / no saving",
          f"{rss_saving:.0f} MB / {rss_nosave:.0f} MB (+{rss_saving - rss_nosave:.0f} MB; "
          f"snapshot {snapshot_mb:.0f} MB)"),
@@ -387,20 +471,26 @@ def main():
          f"{tput['gnn']['units'] / tput['gnn']['ours_s']:.0f} / "
          f"{tput['gnn']['units'] / tput['gnn']['bare_s']:.0f} ({ratios['gnn']:.3f})"),
     ]
-    try:
-        import lightning  # noqa: F401
-        rows.append(("lightning", "installed, but the comparison is not implemented"))
-    except ImportError:
-        rows.append(("lightning ModelCheckpoint comparison", "skipped: lightning not installed"))
-    width = max(len(r[0]) for r in rows)
-    print(f"| {'measure':{width}} | value |")
-    print(f"|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f"| {name:{width}} | {value} |")
-    print(f"benchmark time: {time.monotonic() - started:.0f} s")
-    print(f"stall_vs_copy={stall_vs_copy:.2f} stall_vs_sync={stall_vs_sync:.1f} "
-          f"overhead={overhead:.1f}% resume_vs_fresh={resume_vs_fresh:.2f} "
-          f"throughput_vs_bare={min(ratios.values()):.3f}")
+    if lightning_run is None:
+        rows.append(("Lightning ModelCheckpoint, same steps",
+                     "skipped: lightning is not installed" if not have_lightning else "-"))
+    else:
+        saves = lightning_run["saves_s"]
+        ours = train_s - sum(with_saves["eval_s"])
+        rows += [
+            (f"Lightning ModelCheckpoint, same steps: stall per save ({len(saves)} saves; "
+             "mean / max) / ours",
+             f"{1000 * statistics.mean(saves):.0f} / {1000 * max(saves):.0f} ms / "
+             f"{1000 * stall['mean_s']:.1f} ms ({statistics.mean(saves) / stall['mean_s']:.0f}x)"),
+            ("Lightning / train.py: wall time of the steps and saves (validation and sampling "
+             "left out)",
+             f"{lightning_run['fit_s']:.1f} s / {ours:.1f} s "
+             f"({lightning_run['steps']} / {len(with_saves['steps'])} steps)"),
+        ]
+    figures = {"stall_vs_copy": f"{stall_vs_copy:.2f}", "stall_vs_sync": f"{stall_vs_sync:.1f}",
+               "overhead": f"{overhead:.1f}%", "resume_vs_fresh": f"{resume_vs_fresh:.2f}",
+               "throughput_vs_bare": f"{min(ratios.values()):.3f}"}
+    return rows, figures
 
 
 if __name__ == "__main__":
