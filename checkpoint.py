@@ -333,7 +333,7 @@ def _publish_copy(source, path):
 @contextlib.contextmanager
 def _without_zip_crc32():
     """torch.save computes a CRC-32 of every record for the zip headers, which torch.load
-    never checks; the SHA-256 of the whole file supersedes it. Skipping it saves about a
+    never checks; the CRC-32 of the whole file supersedes it. Skipping it saves about a
     quarter of torch.save's time. (Setting absent in older torch: nothing to skip.)"""
     try:
         from torch.utils.serialization import config
