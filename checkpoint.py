@@ -37,7 +37,6 @@ REQUIRED_KEYS = (
 )
 
 
-
 class _Crc32:
     """zlib.crc32 with hashlib's interface."""
 
