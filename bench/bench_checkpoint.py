@@ -1,7 +1,7 @@
 """What checkpointing costs: stall per save, end-to-end overhead, resume start-up, throughput.
 
-    python bench/bench_checkpoint.py            # about 5 minutes on 2 CPU cores
-    python bench/bench_checkpoint.py --smoke    # every code path on the tiny model, ~1 minute
+    python bench/bench_checkpoint.py            # 4.3 minutes on 2 CPU cores (5.3 with lightning)
+    python bench/bench_checkpoint.py --smoke    # every code path on the tiny model, 30 s
 
 Measured in one run, on the medium transformer (44M parameters; model + AdamW state 531 MB):
 
@@ -110,10 +110,12 @@ def child_train(args, saving):
             timing["train_s"] = time.perf_counter() - started - timing["measuring_s"]
 
     train.Trainer.train = timed
-    timing["final_wait_s"], timing["eval_s"] = [], []
+    timing["final_wait_s"], timing["eval_s"], timing["prepare_s"] = [], [], []
     for name, key in (("final_save_outcome", "final_wait_s"), ("validation_loss", "eval_s"),
                       ("epoch_measures", "eval_s"), ("write_plots", "eval_s")):
         setattr(train.Trainer, name, _timed(getattr(train.Trainer, name), timing[key]))
+    staging = train.background_save.StagingBuffers
+    staging.prepare = _timed(staging.prepare, timing["prepare_s"])
     code = train.main(args)
     measuring = sum(t.numel() * t.element_size() for t in kept.values()) if saving else 0
     print(json.dumps({"code": code, "peak_rss_mb": (peak_rss() - measuring) / 1e6, **timing}))
@@ -354,6 +356,7 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         base = measure_copy_and_sync(work, plan["config"])
+        phases = {"copy and sync": time.monotonic() - started}
 
         # Identical runs here differ by up to 5% (more than the effect measured): the saving
         # run goes between two runs without saving and is compared with their mean, which
@@ -372,21 +375,25 @@ def main():
         name = f"transformer_{plan['config']}"
         progress = json.loads((save_dir / f"{name}_progress.json").read_text())
         stall = progress["checkpoint_stall"]
+        phases["training runs"] = time.monotonic() - started - sum(phases.values())
 
         # Resume: the saving run's epoch-1 checkpoint, continued to epoch 2; fresh: a new run.
         resume_s = time_to_first_step([*plan["run"], "--epochs", "2", "--checkpoint-dir",
                                        str(save_dir)])
         fresh_s = time_to_first_step([*plan["run"], "--epochs", "2", "--checkpoint-dir",
                                       str(work / "fresh")])
+        phases["resume"] = time.monotonic() - started - sum(phases.values())
 
         # Best of a few epochs: the shorter the measurement, the more a moment of noise weighs.
         tput = {model: run_child("throughput", json.dumps(args), str(attempts))
                 for model, args, attempts in plan["throughput"]}
+        phases["throughput"] = time.monotonic() - started - sum(phases.values())
 
         lightning_run = None
         if have_lightning:
             lightning_run = run_child("lightning", json.dumps(plan["run"]),
                                       str(plan["save_every"]))
+            phases["lightning"] = time.monotonic() - started - sum(phases.values())
 
     import torch
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -398,7 +405,8 @@ def main():
     print(f"|{'-' * (width + 2)}|-------|")
     for label, value in rows:
         print(f"| {label:{width}} | {value} |")
-    print(f"benchmark time: {time.monotonic() - started:.0f} s")
+    print(f"benchmark time: {time.monotonic() - started:.0f} s ("
+          + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items()) + ")")
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 
 
@@ -411,24 +419,38 @@ def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_light
     raw_overhead = 100 * (train_s / without_s - 1)
 
     # Identical runs here differ by up to 5% in speed, each run evenly over all its steps:
-    # more than the effect measured. So each run's wall time is also counted in its own
-    # median step (steps beside a background write left out), which cancels a run's speed.
+    # more than the effect measured. So each run's wall time is also counted in its own mean
+    # step (steps beside a background write left out), which cancels a run's speed. The mean,
+    # not the median: the steps' sum is what makes the wall time, and a run's median step is
+    # not in a fixed ratio to its mean (measured: a saving run with a 3% faster median step and
+    # the same mean came out 2 points worse when counted in median steps).
+    def quiet_step(run):
+        return statistics.mean(t for t, writing in run["steps"] if not writing)
+
     def in_steps(run):
-        return run["train_s"] / statistics.median(t for t, writing in run["steps"]
-                                                  if not writing)
+        return run["train_s"] / quiet_step(run)
+
+    def outside_steps(run):
+        """The loop's time outside its steps, validation and the final wait: for the saving
+        run, the staging buffers paged in, the stalls and the saves' bookkeeping."""
+        return (run["train_s"] - sum(t for t, _ in run["steps"]) - sum(run["eval_s"])
+                - sum(run["final_wait_s"]))
+
     overhead = 100 * (in_steps(with_saves) / statistics.mean(map(in_steps, runs["nosave"])) - 1)
     copy_in_run = statistics.mean(with_saves["copy_s"])
     stall_vs_copy = stall["mean_s"] / copy_in_run
     stall_vs_sync = base["sync_s"] / stall["mean_s"]
     # What saving cost inside the saving run itself, free of the run-to-run noise: the steps
-    # that ran beside a background write against the run's median step, the loop's stalls,
-    # and the wait for the last write before exit.
+    # that ran beside a background write against the run's mean step, the extra time outside
+    # the steps against the runs without saving, and the wait for the last write.
     during = [t for t, writing in with_saves["steps"] if writing]
-    quiet = statistics.median(t for t, writing in with_saves["steps"] if not writing)
+    quiet = quiet_step(with_saves)
     slowed = sum(t - quiet for t in during)
     final_wait = sum(with_saves["final_wait_s"])
+    outside = outside_steps(with_saves) - statistics.mean(map(outside_steps, runs["nosave"]))
+    prepare = sum(with_saves["prepare_s"])
     stalled = stall["mean_s"] * stall["saves"]
-    accounted = slowed + stalled + final_wait
+    accounted = slowed + outside + final_wait
     rss_saving = with_saves["peak_rss_mb"]
     rss_nosave = max(r["peak_rss_mb"] for r in runs["nosave"])
     resume_vs_fresh = resume_s / fresh_s
@@ -452,13 +474,14 @@ def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_light
         (f"training {len(with_saves['steps'])} steps + epoch end: saving every {save_every} / "
          "no saving (mean of the runs before and after)",
          f"{train_s:.1f} s / {without_s:.1f} s ({raw_overhead:+.1f}%; no saving: {all_nosave} s)"),
-        ("the same, each run counted in its own median step (cancels the runs' speeds)",
+        ("the same, each run counted in its own mean step (cancels the runs' speeds)",
          f"{in_steps(with_saves):.1f} / "
          f"{' and '.join(f'{in_steps(r):.1f}' for r in runs['nosave'])} steps ({overhead:+.1f}%)"),
-        ("in the saving run: steps beside a write, slowed by / stalls / wait for the last write",
-         f"{slowed:.2f} s ({len(during)} steps; median step {quiet:.2f} s) / "
-         f"{stalled:.2f} s / {final_wait:.2f} s = {accounted:.2f} s "
-         f"({100 * accounted / without_s:.1f}% of the run)"),
+        ("in the saving run: steps beside a write slowed by / outside the steps (buffers paged "
+         "in + stalls + rest) / last write waited for",
+         f"{slowed:.2f} s ({len(during)} steps; mean step {quiet:.2f} s) / "
+         f"{outside:.2f} s ({prepare:.2f} + {stalled:.2f} + rest) / {final_wait:.2f} s "
+         f"= {accounted:.2f} s ({100 * accounted / (train_s - accounted):.1f}% of the run)"),
         ("peak RSS of the training process: saving / no saving",
          f"{rss_saving:.0f} MB / {rss_nosave:.0f} MB (+{rss_saving - rss_nosave:.0f} MB; "
          f"snapshot {snapshot_mb:.0f} MB)"),
