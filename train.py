@@ -1077,6 +1077,15 @@ def restore(state, model, optimizer, scheduler, settings, explicit, steps_per_ep
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:300]
         raise UsageError(f"checkpoint state does not fit its model: {first}") from None
+    # The checkpoint is memory-mapped, and optimizer.load_state_dict keeps a CPU tensor of the
+    # right dtype as it is: the moments would stay in the file's private mapping, and the first
+    # optimizer step would copy them page by page as it writes them (measured on the medium
+    # transformer: its first step took 1.35-1.54 s against 0.67-0.70 s). One copy here costs
+    # 0.1 s, and drops the last reference to the mapping with the checkpoint dict.
+    for moments in optimizer.state.values():
+        for key, value in moments.items():
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+                moments[key] = value.clone()
     saved = state["args"]
     for key in OVERRIDABLE:
         if key in explicit and explicit[key] != saved.get(key):
