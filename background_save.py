@@ -64,7 +64,7 @@ class StagingBuffers:
         """Allocate and page in the buffers for `state` now, so that even the first snapshot
         copies into memory that is already mapped.
 
-        This blocks the loop once: 0.09-0.58 s for the medium transformer's 531 MB here (the
+        This blocks the loop once: 0.09-0.73 s for the medium transformer's 531 MB here (the
         same page faults cost this virtual machine's kernel more in some processes).
         Done in a thread beside training, as before, the same page faults slowed the next
         steps by 0.4-0.8 s (measured): they took cores from torch's threads, which wait for
