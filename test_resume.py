@@ -1,7 +1,9 @@
 """Exact resume: a run that is stopped and restarted, however it was stopped, ends bit for bit
 where the uninterrupted run ends."""
 
+import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +80,25 @@ def test_restored_optimizer_moments_live_in_memory_of_their_own(finished_run):
         for key, tensor in moments.items():
             assert torch.equal(restored[index][key], tensor), (index, key)
             assert restored[index][key].data_ptr() != tensor.data_ptr(), (index, key)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_resumed_run_does_not_keep_its_checkpoint_file_mapped(tmp_path, monkeypatch):
+    # The checkpoint is loaded memory-mapped. A mapping kept for the whole run would keep the
+    # replaced latest's blocks allocated on disk (a deleted file lives while it is mapped).
+    import train
+    from conftest import run_main
+    args = [*MODEL_ARGS["transformer"], "--checkpoint-dir", tmp_path]
+    assert run_main([*args, "--epochs", 1]) == 0
+    mapped = []
+    original = train.Trainer.train_step
+
+    def step(self, *step_args):
+        if not mapped:
+            maps = Path("/proc/self/maps").read_text().splitlines()
+            mapped.append([line.split()[-1] for line in maps if line.endswith(".pt")])
+        return original(self, *step_args)
+
+    monkeypatch.setattr(train.Trainer, "train_step", step)
+    assert run_main([*args, "--epochs", 2]) == 0
+    assert mapped == [[]]
