@@ -96,7 +96,9 @@ def test_resumed_run_does_not_keep_its_checkpoint_file_mapped(tmp_path, monkeypa
     def step(self, *step_args):
         if not mapped:
             maps = Path("/proc/self/maps").read_text().splitlines()
-            mapped.append([line.split()[-1] for line in maps if line.endswith(".pt")])
+            # Only this run's files: other tests in this process may hold their own.
+            mapped.append([line.split()[-1] for line in maps
+                           if line.endswith(".pt") and str(tmp_path) in line])
         return original(self, *step_args)
 
     monkeypatch.setattr(train.Trainer, "train_step", step)
