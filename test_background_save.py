@@ -2,7 +2,9 @@
 and the file it writes is the state at the save point."""
 
 import errno
+import sys
 import threading
+import types
 
 import pytest
 import torch
@@ -11,6 +13,25 @@ import background_save
 import checkpoint as ckpt
 from conftest import GNN_ARGS, assert_tensors_equal, load, run_main
 from test_checkpoint import trained_state
+
+
+def _saved(value):
+    import io
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def _odd_state():
+    """A trained state plus scalars, empty tensors and every kind of dtype."""
+    return {**trained_state(), "odd": [torch.tensor(3.0), torch.zeros(0, 4),
+                                       torch.zeros(0, dtype=torch.int64),
+                                       torch.ones(3, dtype=torch.bool), torch.randn(5).half()]}
+
+
+def _span(memory):
+    base = torch.frombuffer(memory, dtype=torch.uint8).data_ptr()
+    return base, base + len(memory)
 
 
 def test_snapshot_is_a_copy_that_training_cannot_change():
@@ -31,21 +52,78 @@ def test_snapshot_is_a_copy_that_training_cannot_change():
 def test_prepared_buffers_are_kept_and_save_exactly_as_buffers_made_on_demand():
     """prepare() makes the buffers the first snapshot uses (scalars, empty tensors, every
     dtype), and the file is the same as without it."""
-    import io
-    state = {**trained_state(), "odd": [torch.tensor(3.0), torch.zeros(0, 4),
-                                        torch.zeros(0, dtype=torch.int64),
-                                        torch.ones(3, dtype=torch.bool), torch.randn(5).half()]}
+    state = _odd_state()
     staging = background_save.StagingBuffers()
     staging.prepare(state)
     pointers = {path: b.data_ptr() for path, b in staging._buffers.items()}
     snapshot = staging.snapshot(state)
     assert {path: b.data_ptr() for path, b in staging._buffers.items()} == pointers
+    assert _saved(snapshot) == _saved(background_save.StagingBuffers().snapshot(state))
 
-    def saved(value):
-        buffer = io.BytesIO()
-        torch.save(value, buffer)
-        return buffer.getvalue()
-    assert saved(snapshot) == saved(background_save.StagingBuffers().snapshot(state))
+
+def test_buffers_are_carved_from_reserved_memory_each_its_own_storage_same_file():
+    """The buffers live in the memory paged in at start-up, without overlapping; each is a
+    storage of its own size (torch.save writes whole storages), so the file is the same as
+    with buffers allocated one by one. What does not fit is allocated as before."""
+    state = _odd_state()
+    on_demand = _saved(background_save.StagingBuffers().snapshot(state))
+    needed = background_save.staged_nbytes(state)
+    for size, all_inside in ((needed, True), (needed // 2, False)):
+        memory = background_save.PagedInMemory(size).take()
+        assert memory is not None and len(memory) == size
+        staging = background_save.StagingBuffers(types.SimpleNamespace(take=lambda: memory))
+        staging.prepare(state)
+        start, end = _span(memory)
+        buffers = sorted((b for b in staging._buffers.values() if b.numel()),
+                         key=lambda b: b.data_ptr())
+        inside = [start <= b.data_ptr() < end for b in buffers]
+        assert all(inside) if all_inside else 0 < sum(inside) < len(buffers)
+        for b, following in zip(buffers, buffers[1:]):
+            assert b.data_ptr() + b.untyped_storage().nbytes() <= following.data_ptr()
+        for b in buffers:
+            assert b.untyped_storage().nbytes() == b.numel() * b.element_size()
+        assert _saved(staging.snapshot(state)) == on_demand
+    # Without the memory (it could not be mapped), every buffer is allocated as before.
+    staging = background_save.StagingBuffers(types.SimpleNamespace(take=lambda: None))
+    staging.prepare(state)
+    assert _saved(staging.snapshot(state)) == on_demand
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_reserved_memory_is_paged_in_by_the_time_it_is_taken():
+    def resident_bytes():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    before = resident_bytes()
+    memory = background_save.PagedInMemory(64 << 20).take()
+    assert resident_bytes() - before >= 60 << 20
+    del memory
+
+
+def test_a_run_stages_its_snapshots_in_the_memory_reserved_at_start_up(tmp_path, monkeypatch):
+    """Fresh (the size estimated from the model) and resumed (the size of the loaded state):
+    every buffer of the snapshot lies in the memory paged in during start-up."""
+    taken, prepared = [], []
+    real_take, real_prepare = background_save.PagedInMemory.take, \
+        background_save.StagingBuffers.prepare
+
+    def take(self):
+        taken.append(real_take(self))
+        return taken[-1]
+
+    def prepare(self, state):
+        real_prepare(self, state)
+        prepared.append([b for b in self._buffers.values() if b.numel()])
+
+    monkeypatch.setattr(background_save.PagedInMemory, "take", take)
+    monkeypatch.setattr(background_save.StagingBuffers, "prepare", prepare)
+    args = [*GNN_ARGS, "--checkpoint-dir", tmp_path]
+    assert run_main([*args, "--epochs", "1"]) == 0
+    assert run_main([*args, "--epochs", "2"]) == 0
+    assert len(taken) == len(prepared) == 2
+    for memory, buffers in zip(taken, prepared):
+        start, end = _span(memory)
+        assert buffers and all(start <= b.data_ptr() < end for b in buffers)
 
 
 def test_buffers_are_kept_between_saves_and_tied_tensors_share_one():

@@ -524,7 +524,7 @@ class Trainer:
     """One run: the loop over epochs and steps, and every save it makes."""
 
     def __init__(self, settings, run, config, model, optimizer, scheduler, scaler, dataset,
-                 device, progress, stop, procs, compile_model=False):
+                 device, progress, stop, procs, compile_model=False, staging_memory=None):
         self.settings, self.run, self.config = settings, run, config
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.scaler = scaler
@@ -544,7 +544,7 @@ class Trainer:
         self.dataset, self.device, self.progress, self.stop = dataset, device, progress, stop
         self.last_checkpoint = None
         self.save_error = None
-        self.saver = background_save.BackgroundSaver()
+        self.saver = background_save.BackgroundSaver(staging_memory)
         self.save_stalls = []   # seconds the loop was blocked by each save
         self.clock = report.RunClock(progress.global_step)
         # A bar for a terminal; plain lines (no carriage returns) for a log file.
@@ -1222,6 +1222,7 @@ def run_training(explicit, stop, procs):
     device = resolve_device(settings["device"], procs)
     config = models.config_from_dict(state["config"]) if state else models.get_config(
         settings["model"], settings["config"])
+    staging_memory = reserve_staging_memory(state, config, device, procs)
     try:
         dataset = load_dataset(settings, config)
     except data.DataError as e:
@@ -1242,10 +1243,25 @@ def run_training(explicit, stop, procs):
         raise error or Quiet(EXIT_BAD_INPUT)
     try:
         return _train(explicit, settings, run, state, source, config, dataset, device, stop,
-                      procs)
+                      procs, staging_memory)
     finally:
         if lock is not None:
             lock.release()
+
+
+def reserve_staging_memory(state, config, device, procs):
+    """Start paging in the memory of the background writer's snapshot buffers, beside the
+    rest of start-up (background_save.PagedInMemory): the state's own size on a resume, else
+    a checkpoint's estimated size. None where no such buffers are needed: on the ranks that
+    do not save, and for a GPU state, whose buffers are pinned memory from CUDA."""
+    if not procs.main or device.type != "cpu":
+        return None
+    if state is not None:
+        nbytes = background_save.staged_nbytes(state)
+    else:
+        with torch.device("meta"):
+            nbytes = retention.checkpoint_bytes(models.build_model(config))
+    return background_save.PagedInMemory(nbytes)
 
 
 def rank_seed(seed, rank):
@@ -1278,7 +1294,8 @@ def describe_world_change(state, procs):
             f"stream)")
 
 
-def _train(explicit, settings, run, state, source, config, dataset, device, stop, procs):
+def _train(explicit, settings, run, state, source, config, dataset, device, stop, procs,
+           staging_memory=None):
     if state is not None:
         say(describe_resume(source, state))
         change = describe_world_change(state, procs)
@@ -1330,7 +1347,8 @@ def _train(explicit, settings, run, state, source, config, dataset, device, stop
     # Before the Trainer: DistributedDataParallel must stay collectable (Processes.close).
     gc.freeze()
     trainer = Trainer(settings, run, config, model, optimizer, scheduler, scaler, dataset,
-                      device, progress, stop, procs, compile_model=explicit.get("compile", False))
+                      device, progress, stop, procs, compile_model=explicit.get("compile", False),
+                      staging_memory=staging_memory)
     try:
         return trainer.train()
     except Diverged as e:

@@ -60,13 +60,16 @@ SMOKE = {"run": ["--config", "tiny", "--num-samples", "44", "--batch-size", "2",
 # --------------------------------------------------------------------------------------------
 
 def child_train(args, saving):
-    """Run train.py's main in this process; print as JSON the training loop's wall time and
-    the duration of each step with whether a background write was in flight during it."""
+    """Run train.py's main in this process; print as JSON the run's wall time (start-up
+    included) and its loop's, and the duration of each step with whether a background write
+    was in flight during it."""
     import train
     if not saving:
         train.Trainer.start_save = lambda self, *a, **k: None
         train.Trainer.collect_save = lambda self, block: True
-        train.background_save.StagingBuffers.prepared = True   # no staging memory either
+        # No staging memory either, neither paged in at start-up nor at the first step.
+        train.reserve_staging_memory = lambda *a, **k: None
+        train.background_save.StagingBuffers.prepared = True
     original = train.Trainer.train
     original_step = train.Trainer.train_step
     timing = {"steps": [], "measuring_s": 0.0}
@@ -107,10 +110,11 @@ def child_train(args, saving):
 
     def timed(self):
         started = time.perf_counter()
+        timing["startup_s"] = started - main_started
         try:
             return original(self)
         finally:
-            timing["train_s"] = time.perf_counter() - started - timing["measuring_s"]
+            timing["loop_s"] = time.perf_counter() - started - timing["measuring_s"]
 
     train.Trainer.train = timed
     timing["final_wait_s"], timing["eval_s"], timing["prepare_s"] = [], [], []
@@ -119,7 +123,10 @@ def child_train(args, saving):
         setattr(train.Trainer, name, _timed(getattr(train.Trainer, name), timing[key]))
     staging = train.background_save.StagingBuffers
     staging.prepare = _timed(staging.prepare, timing["prepare_s"])
+    main_started = time.perf_counter()
     code = train.main(args)
+    # The whole run, start-up included: saving pages in its buffers' memory during start-up.
+    timing["train_s"] = time.perf_counter() - main_started - timing["measuring_s"]
     measuring = sum(t.numel() * t.element_size() for t in kept.values()) if saving else 0
     print(json.dumps({"code": code, "peak_rss_mb": (peak_rss() - measuring) / 1e6, **timing}))
 
@@ -453,8 +460,9 @@ def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_light
         return run["train_s"] / quiet_step(run)
 
     def outside_steps(run):
-        """The loop's time outside its steps, validation and the final wait: for the saving
-        run, the staging buffers paged in, the stalls and the saves' bookkeeping."""
+        """The run's time outside its steps, validation and the final wait: start-up, and for
+        the saving run the wait for its staging buffers, the stalls and the saves'
+        bookkeeping."""
         return (run["train_s"] - sum(t for t, _ in run["steps"]) - sum(run["eval_s"])
                 - sum(run["final_wait_s"]))
 
@@ -493,14 +501,17 @@ def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_light
          f"{1000 * stall['mean_s']:.1f} / {1000 * stall['max_s']:.1f} ms"),
         ("stall / copy", f"{stall_vs_copy:.2f}x"),
         ("sync / stall", f"{stall_vs_sync:.0f}x"),
-        (f"training {len(with_saves['steps'])} steps + epoch end: saving every {save_every} / "
+        ("start-up, from train.main to the first step: saving / no saving",
+         f"{with_saves['startup_s']:.2f} s / "
+         f"{statistics.mean(r['startup_s'] for r in runs['nosave']):.2f} s"),
+        (f"start-up + {len(with_saves['steps'])} steps + epoch end: saving every {save_every} / "
          "no saving (mean of the runs before and after)",
          f"{train_s:.1f} s / {without_s:.1f} s ({raw_overhead:+.1f}%; no saving: {all_nosave} s)"),
         ("the same, each run counted in its own mean step (cancels the runs' speeds)",
          f"{in_steps(with_saves):.1f} / "
          f"{' and '.join(f'{in_steps(r):.1f}' for r in runs['nosave'])} steps ({overhead:+.1f}%)"),
-        ("in the saving run: steps beside a write slowed by / outside the steps (buffers paged "
-         "in + stalls + rest) / last write waited for",
+        ("in the saving run: steps beside a write slowed by / outside the steps (wait for the "
+         "buffers' memory + stalls + rest) / last write waited for",
          f"{slowed:.2f} s ({len(during)} steps; mean step {quiet:.2f} s) / "
          f"{outside:.2f} s ({prepare:.2f} + {stalled:.2f} + rest) / {final_wait:.2f} s "
          f"= {accounted:.2f} s ({100 * accounted / (train_s - accounted):.1f}% of the run)"),
@@ -521,7 +532,7 @@ def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_light
                      "skipped: lightning is not installed" if not have_lightning else "-"))
     else:
         saves = lightning_run["saves_s"]
-        ours = train_s - sum(with_saves["eval_s"])
+        ours = with_saves["loop_s"] - sum(with_saves["eval_s"])
         rows += [
             (f"Lightning ModelCheckpoint, same steps: stall per save ({len(saves)} saves; "
              "mean / max) / ours",
