@@ -581,7 +581,8 @@ class Trainer:
                     loss = self.train_step(indices, clock_due)
                     p.record_step(len(indices), loss)
                     if self.procs.main and not self.saver.staging.prepared:
-                        # After the first step the optimizer state exists: the whole layout.
+                        # After the first step the optimizer state exists: the whole layout,
+                        # carved from the memory paged in during start-up.
                         self.saver.staging.prepare(self.checkpoint_state())
                     bar.update()
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
