@@ -7,6 +7,7 @@ Rerunning the same command resumes the run where it stopped. README.md has every
 """
 
 import argparse
+import functools
 import gc
 import math
 import os
@@ -1147,8 +1148,7 @@ def agree_on_start(explicit, procs):
 def check_disk_space(run, settings, config):
     """Say what the run will need on disk; warn when the free space will not hold it, and
     refuse (before training) only when even one more checkpoint will not fit."""
-    with torch.device("meta"):
-        one = retention.checkpoint_bytes(models.build_model(config))
+    one = estimated_checkpoint_bytes(config)
     kept = retention.epoch_files_kept(settings["epochs"], settings["checkpoint_frequency"],
                                       settings["keep_last"], settings["keep_every"])
     need = retention.estimate(one, kept)
@@ -1260,9 +1260,16 @@ def reserve_staging_memory(state, config, device, procs):
     if state is not None:
         nbytes = background_save.staged_nbytes(state)
     else:
-        with torch.device("meta"):
-            nbytes = retention.checkpoint_bytes(models.build_model(config))
+        nbytes = estimated_checkpoint_bytes(config)
     return background_save.PagedInMemory(nbytes)
+
+
+@functools.cache
+def estimated_checkpoint_bytes(config):
+    """One checkpoint's estimated size, from the model built on the meta device (no memory, no
+    initialisation); the disk check and the staging memory both ask, it is built once."""
+    with torch.device("meta"):
+        return retention.checkpoint_bytes(models.build_model(config))
 
 
 def rank_seed(seed, rank):
