@@ -2,6 +2,7 @@
 and the file it writes is the state at the save point."""
 
 import errno
+import io
 import sys
 import threading
 import types
@@ -16,7 +17,6 @@ from test_checkpoint import trained_state
 
 
 def _saved(value):
-    import io
     buffer = io.BytesIO()
     torch.save(value, buffer)
     return buffer.getvalue()

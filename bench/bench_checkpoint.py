@@ -1,6 +1,6 @@
 """What checkpointing costs: stall per save, end-to-end overhead, resume start-up, throughput.
 
-    python bench/bench_checkpoint.py            # 3.7 minutes on 2 CPU cores (4.8 with lightning)
+    python bench/bench_checkpoint.py            # 4.8 minutes on 2 CPU cores with lightning (its run: 65 s)
     python bench/bench_checkpoint.py --smoke    # every code path on the tiny model, 30 s
 
 Measured in one run, on the medium transformer (44M parameters; model + AdamW state 531 MB):
