@@ -1,5 +1,5 @@
-"""Data: the tight-binding physics against closed forms, the readers, graph batching, and the
-validity rule against real antibodies."""
+"""Data: the built-in sets, the readers, graph batching, and the validity rule against real
+antibodies. The tight-binding physics is tested in test_tight_binding.py."""
 
 import random
 
@@ -10,90 +10,6 @@ import torch
 import data
 import metrics
 from conftest import SHARED_DATA
-
-GAMMA = data.GAMMA
-E = np.linspace(-3, 3, 61)
-
-
-# ------------------------------------------------------------------------------------------
-# Tight-binding transport: closed forms and an independent calculation
-# ------------------------------------------------------------------------------------------
-
-def test_hamiltonian_follows_the_spec_tables():
-    # Primary G-A (5'->3'), complement T-C: T pairs with A, C pairs with G.
-    H = data.hamiltonian("GA", "TC")
-    # Sites: G, A (primary), T, C (complement).
-    assert np.allclose(np.diag(H), [0.00, -0.49, -1.39, -1.12])
-    assert H[0, 1] == H[1, 0] == 0.089        # GA, primary 5'->3'
-    assert H[2, 3] == H[3, 2] == 0.076        # TC, complement 5'->3'
-    assert H[1, 2] == 0.034                    # A-T hydrogen bond (primary 1, complement 0)
-    assert H[0, 3] == 0.050                    # G-C hydrogen bond (primary 0, complement 1)
-    assert H[0, 2] == H[1, 3] == 0.0
-
-
-def test_one_site_is_a_lorentzian():
-    """A single G base touching both electrodes: G = 1/(E - e + i Gamma)."""
-    T, DOS = data.transport_spectra([("G", "-")], E)
-    expected_T = GAMMA ** 2 / (E ** 2 + GAMMA ** 2)
-    expected_DOS = GAMMA / np.pi / (E ** 2 + GAMMA ** 2)
-    assert np.allclose(T[0], expected_T, rtol=1e-9)
-    assert np.allclose(DOS[0], expected_DOS, rtol=1e-9)
-
-
-@pytest.mark.parametrize("primary", ["GA", "CT", "TG"])
-def test_two_site_chain_closed_form(primary):
-    """Two bases, no complement: G = [[a, -t], [-t, b]]^-1 with a = E - e1 + i Gamma/2."""
-    e1, e2 = data.ONSITE[primary[0]], data.ONSITE[primary[1]]
-    t = data.INTRA_STRAND[primary]
-    a, b = E - e1 + 0.5j * GAMMA, E - e2 + 0.5j * GAMMA
-    det = a * b - t ** 2
-    expected_T = GAMMA ** 2 * t ** 2 / np.abs(det) ** 2
-    expected_DOS = -((a + b) / det).imag / np.pi
-    T, DOS = data.transport_spectra([(primary, "--")], E)
-    assert np.allclose(T[0], expected_T, rtol=1e-9)
-    assert np.allclose(DOS[0], expected_DOS, rtol=1e-9)
-
-
-def test_three_site_chain_closed_form():
-    """G_{13} of a 3-site chain: t12 t23 / det, det by cofactor expansion."""
-    primary = "GAC"
-    e = [data.ONSITE[b] for b in primary]
-    t12, t23 = data.INTRA_STRAND["GA"], data.INTRA_STRAND["AC"]
-    a = E - e[0] + 0.5j * GAMMA
-    b = E - e[1]
-    c = E - e[2] + 0.5j * GAMMA
-    det = a * b * c - a * t23 ** 2 - c * t12 ** 2
-    expected_T = GAMMA ** 2 * (t12 * t23) ** 2 / np.abs(det) ** 2
-    trace = (b * c - t23 ** 2 + a * c + a * b - t12 ** 2) / det
-    T, DOS = data.transport_spectra([(primary, "---")], E)
-    assert np.allclose(T[0], expected_T, rtol=1e-9)
-    assert np.allclose(DOS[0], -trace.imag / np.pi, rtol=1e-9)
-
-
-def test_full_duplexes_match_a_50_digit_calculation():
-    """An independent route for whole duplexes (hydrogen bonds, missing bases): invert
-    E - H - Sigma with 50-digit arithmetic (mpmath, installed with torch) and compare in
-    decades, the unit the model learns, down to the deepest valleys (T ~ 1e-30)."""
-    mpmath = pytest.importorskip("mpmath", reason="mpmath comes with torch's sympy dependency")
-    mpmath.mp.dps = 50
-    duplexes = data.synthetic_duplexes(6, seed=3)
-    energies = E[::4]
-    T, DOS = data.transport_spectra(duplexes, energies)
-    for k, (primary, complement) in enumerate(duplexes):
-        H = data.hamiltonian(primary, complement)
-        n, right = len(H), len(primary) - 1
-        for m, energy in enumerate(energies):
-            A = mpmath.matrix(n, n)
-            for i in range(n):
-                for j in range(n):
-                    A[i, j] = -H[i, j] + (mpmath.mpc(energy, data.ETA) if i == j else 0)
-            A[0, 0] += mpmath.mpc(0, GAMMA / 2)
-            A[right, right] += mpmath.mpc(0, GAMMA / 2)
-            G = A ** -1
-            exact_T = GAMMA ** 2 * abs(G[0, right]) ** 2
-            exact_DOS = -sum(G[i, i] for i in range(n)).imag / mpmath.pi
-            assert abs(np.log10(T[k, m]) - float(mpmath.log10(exact_T))) < 1e-6
-            assert abs(np.log10(DOS[k, m]) - float(mpmath.log10(exact_DOS))) < 1e-6
 
 
 def test_built_in_duplexes_are_deterministic_and_varied():
