@@ -104,7 +104,7 @@ def _kill_before_latest(n):
             checkpoint.os.replace = replace
         return original(state, path, also)
 
-    train.ckpt.save_checkpoint = save
+    checkpoint.save_checkpoint = save
 
 
 def main():

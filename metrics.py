@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from data import AMINO_ACIDS
+from antibody import AMINO_ACIDS
 
 MIN_LENGTH, MAX_LENGTH = 100, 150
 FIRST_CYS_POSITIONS = range(18, 26)   # 0-based; Kabat C22 / IMGT C23 is at index 21 in real VH

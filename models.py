@@ -2,7 +2,8 @@
 
 Each family has a table of named sizes (`CONFIGS`). A config is a frozen dataclass; the
 checkpoint stores `asdict(config)` and `build_model(config_dict)` rebuilds the same module from
-it, so a checkpoint is self-describing.
+it, so a checkpoint is self-describing. A new family adds its config class, its rows and its
+module here (`_FAMILY_CLASSES`); what training does with it is its module in families/.
 """
 
 import math
@@ -12,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import VOCAB_SIZE, PAD_ID, BOS_ID, EOS_ID, NODE_FEATURES, NUM_EDGE_TYPES
+from antibody import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
+from dna import NODE_FEATURES, NUM_EDGE_TYPES
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,7 +63,6 @@ CONFIGS = {
 MODEL_FAMILIES = tuple(CONFIGS)
 CONFIG_NAMES = ("tiny", "small", "medium", "large")
 
-_CONFIG_CLASSES = {"transformer": TransformerConfig, "gnn": GNNConfig}
 
 
 def get_config(model, name, **overrides):
@@ -76,7 +77,7 @@ def config_from_dict(config_dict):
     Raises:
         ValueError: the dict names no known model family or does not fit its fields.
     """
-    cls = _CONFIG_CLASSES.get(config_dict.get("model"))
+    cls, _ = _FAMILY_CLASSES.get(config_dict.get("model"), (None, None))
     if cls is None:
         raise ValueError(f"unknown model family {config_dict.get('model')!r}")
     names = {f.name for f in fields(cls)}
@@ -92,9 +93,7 @@ def build_model(config):
     """A freshly initialised module for a config dataclass or its dict."""
     if isinstance(config, dict):
         config = config_from_dict(config)
-    if config.model == "transformer":
-        return AntibodyTransformer(config)
-    return TransportGNN(config)
+    return _FAMILY_CLASSES[config.model][1](config)
 
 
 def count_parameters(model):
@@ -312,3 +311,8 @@ class TransportGNN(nn.Module):
         prediction = self(batch)
         count = torch.tensor(target.shape[0], device=target.device)
         return F.mse_loss(prediction, target), count
+
+
+# Each family's (config class, module class), by the `model` name its configs carry.
+_FAMILY_CLASSES = {"transformer": (TransformerConfig, AntibodyTransformer),
+                   "gnn": (GNNConfig, TransportGNN)}

@@ -18,10 +18,6 @@ def _fmt(value, digits=4):
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _percent(value):
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
 def _json_safe(value):
     """JSON has no NaN or Infinity: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -64,11 +60,9 @@ def progress_record(run_state, progress, settings, last_checkpoint, save_error, 
     })
 
 
-def status_text(record):
-    """NAME_status.txt: one `Key: value` line each, for a person or `grep`."""
-    history = record["history"]
-    validity = next((v for v in reversed(history.get("validity", [])) if v is not None), None)
-    diversity = next((v for v in reversed(history.get("diversity", [])) if v is not None), None)
+def status_text(record, measure_lines=()):
+    """NAME_status.txt: one `Key: value` line each, for a person or `grep`;
+    `measure_lines` (the family's, e.g. "Validity: 93.0%") follow the losses."""
     state = record["status"]
     if state == "running":
         state = f"running (process {record['pid']} on {record['host']})"
@@ -91,10 +85,7 @@ def status_text(record):
         f"Train Loss: {_fmt(record['train_loss'])}",
         f"Val Loss: {_fmt(record['val_loss'])}",
         f"Best Val Loss: {best}",
-    ]
-    if history.get("validity"):
-        lines += [f"Validity: {_percent(validity)}", f"Diversity: {_percent(diversity)}"]
-    lines += [
+        *measure_lines,
         f"Last Checkpoint: {last_text}",
         f"Last Save Error: {error['error'] + ' at ' + error['time'] if error else 'none'}",
         f"ETA: {record.get('eta') or 'n/a'}",
@@ -103,14 +94,14 @@ def status_text(record):
     return "\n".join(lines) + "\n"
 
 
-def write_run_files(run, record):
+def write_run_files(run, record, measure_lines=()):
     """Atomically replace the run's progress.json and status.txt.
 
     Raises:
         OSError: when either cannot be written (the previous file stays whole).
     """
     write_text(run.progress, json.dumps(record, indent=2) + "\n")
-    write_text(run.status, status_text(record))
+    write_text(run.status, status_text(record, measure_lines))
 
 
 def duration(seconds):
@@ -159,17 +150,8 @@ def progress_line(epoch, epochs, step, steps, loss, rate, epoch_left_s, run_left
     return " | ".join(parts)
 
 
-def epoch_summary(epoch, epochs, train_loss, val_loss, measures, seconds):
-    """One line per epoch: losses, then the measures taken (see train.MEASURES)."""
-    parts = [f"Epoch {epoch}/{epochs}", f"train loss {train_loss:.4f}", f"val loss {val_loss:.4f}"]
-    if measures.get("perplexity") is not None:
-        parts.append(f"perplexity {measures['perplexity']:.3f}")
-    for key in ("validity", "diversity", "novelty"):
-        if measures.get(key) is not None:
-            parts.append(f"{key} {_percent(measures[key])}")
-    for name in ("T", "DOS"):
-        if measures.get(f"r2_log10_{name}") is not None:
-            parts.append(f"log10 {name} R² {measures[f'r2_log10_{name}']:.3f} MAE "
-                         f"{measures[f'mae_log10_{name}']:.2f}")
-    parts.append(f"{seconds:.1f}s")
+def epoch_summary(epoch, epochs, train_loss, val_loss, measure_parts, seconds):
+    """One line per epoch: losses, then the family's measures (`measure_parts`), then time."""
+    parts = [f"Epoch {epoch}/{epochs}", f"train loss {train_loss:.4f}", f"val loss {val_loss:.4f}",
+             *measure_parts, f"{seconds:.1f}s"]
     return " | ".join(parts)

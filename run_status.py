@@ -13,6 +13,8 @@ from pathlib import Path
 
 import checkpoint as ckpt
 import retention
+from messages import EXIT_OK, check
+from settings import COMMON_DEFAULTS
 
 _RUN_FILE = re.compile(rf"(.+?)_({ckpt.RunFiles.SUFFIXES})")
 _TEMP_FILE = re.compile(rf"\.(.+?)_({ckpt.RunFiles.SUFFIXES})\.tmp-(\d+)")
@@ -189,3 +191,18 @@ def _inode(path):
         return st.st_dev, st.st_ino
     except OSError:
         return None
+
+
+def show(explicit):
+    """--status: print the folder's runs, or with --name that run's report; change nothing."""
+    folder = Path(explicit.get("checkpoint_dir") or COMMON_DEFAULTS["checkpoint_dir"])
+    check(folder.is_dir(), f"--checkpoint-dir {folder}: no such folder")
+    if explicit.get("name"):
+        text = run_report(folder, explicit["name"], explicit.get("keep_last"),
+                          explicit.get("keep_every"))
+        check(text is not None, f"no run {explicit['name']} in {folder} (runs there: "
+                                f"{', '.join(run_names(folder)) or 'none'})")
+    else:
+        text = folder_report(folder)
+    print(text)
+    return EXIT_OK

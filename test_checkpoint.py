@@ -15,9 +15,10 @@ from dataclasses import asdict
 import pytest
 import torch
 
+import antibody
 import checkpoint as ckpt
-import data
 import models
+import startup
 import train
 from conftest import (GNN_ARGS, MODEL_ARGS, REPO, TrainProcess, assert_same_run,
                       assert_tensors_equal, load, run_main, run_train)
@@ -39,8 +40,8 @@ def trained_state():
     config = models.get_config("transformer", "tiny")
     model = models.build_model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.LRSchedule(10, 100, "cosine"))
-    batch = data.SequenceData(data.synthetic_antibodies(4, 0), config.max_len).batch(
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, startup.LRSchedule(10, 100, "cosine"))
+    batch = antibody.SequenceData(antibody.synthetic_antibodies(4, 0), config.max_len).batch(
         torch.arange(4))
     model.loss(batch)[0].backward()
     optimizer.step()

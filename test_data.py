@@ -7,18 +7,21 @@ import numpy as np
 import pytest
 import torch
 
+import antibody
 import data
+import dna
 import metrics
+import tight_binding
 from conftest import SHARED_DATA
 
 
 def test_built_in_duplexes_are_deterministic_and_varied():
-    a, b = data.synthetic_duplexes(200, seed=5), data.synthetic_duplexes(200, seed=5)
-    assert a == b and a != data.synthetic_duplexes(200, seed=6)
+    a, b = dna.synthetic_duplexes(200, seed=5), dna.synthetic_duplexes(200, seed=5)
+    assert a == b and a != dna.synthetic_duplexes(200, seed=6)
     lengths = {len(p) for p, _ in a}
     assert lengths == set(range(4, 11))
-    assert any(data.MISSING in c for _, c in a)
-    targets = data.log_spectra(a[:50], data.default_energy_grid())
+    assert any(tight_binding.MISSING in c for _, c in a)
+    targets = tight_binding.log_spectra(a[:50], tight_binding.default_energy_grid())
     assert targets.shape == (50, 2, 100) and np.isfinite(targets).all()
 
 
@@ -27,23 +30,23 @@ def test_built_in_duplexes_are_deterministic_and_varied():
 # ------------------------------------------------------------------------------------------
 
 def test_graph_of_a_duplex_has_the_spec_edges():
-    x, edges, types = data.duplex_graph("GA", "T-")   # complement of A present, of G missing
-    assert x.shape == (2 + 3, data.NODE_FEATURES)
+    x, edges, types = dna.duplex_graph("GA", "T-")   # complement of A present, of G missing
+    assert x.shape == (2 + 3, dna.NODE_FEATURES)
     pairs = {(int(s), int(t), int(k)) for s, t, k in zip(edges[0], edges[1], types)}
-    assert (2, 3, data.EDGE_BACKBONE_5TO3) in pairs and (3, 2, data.EDGE_BACKBONE_3TO5) in pairs
-    assert (3, 4, data.EDGE_HBOND) in pairs and (4, 3, data.EDGE_HBOND) in pairs
-    assert (0, 2, data.EDGE_CONTACT) in pairs and (1, 3, data.EDGE_CONTACT) in pairs
+    assert (2, 3, dna.EDGE_BACKBONE_5TO3) in pairs and (3, 2, dna.EDGE_BACKBONE_3TO5) in pairs
+    assert (3, 4, dna.EDGE_HBOND) in pairs and (4, 3, dna.EDGE_HBOND) in pairs
+    assert (0, 2, dna.EDGE_CONTACT) in pairs and (1, 3, dna.EDGE_CONTACT) in pairs
     assert len(pairs) == 2 + 2 + 4
 
 
 def test_a_batch_is_the_disjoint_union_of_its_graphs():
-    duplexes = data.synthetic_duplexes(30, seed=1)
-    graphs = data.GraphData(duplexes, np.zeros((30, 2, 4)))
+    duplexes = dna.synthetic_duplexes(30, seed=1)
+    graphs = dna.GraphData(duplexes, np.zeros((30, 2, 4)))
     indices = torch.tensor([7, 3, 21])
     batch = graphs.batch(indices)
     offset = 0
     for position, k in enumerate(indices.tolist()):
-        x, edges, types = data.duplex_graph(*duplexes[k])
+        x, edges, types = dna.duplex_graph(*duplexes[k])
         nodes = batch["graph"] == position
         assert torch.equal(batch["x"][nodes], torch.from_numpy(x))
         mine = (batch["edge_index"][0] >= offset) & (batch["edge_index"][0] < offset + len(x))
@@ -65,31 +68,31 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
 # ------------------------------------------------------------------------------------------
 
 def test_fasta_csv_and_txt_readers(tmp_path):
-    vh = data.synthetic_antibodies(3, seed=0)
+    vh = antibody.synthetic_antibodies(3, seed=0)
     (tmp_path / "a.fasta").write_text(f">one\n{vh[0][:50]}\n{vh[0][50:]}\n>two\n{vh[1]}\n")
     (tmp_path / "a.csv").write_text(f"name,sequence\nx,{vh[0]}\ny,{vh[2]}\n")
     (tmp_path / "a.txt").write_text(f"{vh[1]}\n\n{vh[2]}\n")
-    assert data.load_antibody_sequences(tmp_path / "a.fasta", 158)[0] == vh[:2]
-    assert data.load_antibody_sequences(tmp_path / "a.csv", 158)[0] == [vh[0], vh[2]]
-    assert data.load_antibody_sequences(tmp_path / "a.txt", 158)[0] == [vh[1], vh[2]]
+    assert antibody.load_antibody_sequences(tmp_path / "a.fasta", 158)[0] == vh[:2]
+    assert antibody.load_antibody_sequences(tmp_path / "a.csv", 158)[0] == [vh[0], vh[2]]
+    assert antibody.load_antibody_sequences(tmp_path / "a.txt", 158)[0] == [vh[1], vh[2]]
 
 
 def test_reader_names_file_and_line_of_a_bad_row(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("sequence\nEVQLVESGG\nEVQL VES!\n")
     with pytest.raises(data.DataError, match=r"bad\.csv line 3"):
-        data.load_antibody_sequences(path, 158)
+        antibody.load_antibody_sequences(path, 158)
 
 
 def test_dna_csv_with_and_without_spectra(tmp_path):
     path = tmp_path / "dna.csv"
     path.write_text("sequence,complement\nATGC,GCAT\nGGA,T-C\n")
-    duplexes, targets = data.load_duplexes(path, 100)
+    duplexes, targets = dna.load_duplexes(path, 100)
     assert duplexes == [("ATGC", "GCAT"), ("GGA", "T-C")] and targets is None
     bad = tmp_path / "bad.csv"
     bad.write_text("sequence,complement\nATGC,GCAA\n")
     with pytest.raises(data.DataError, match=r"bad\.csv line 2: complement 'GCAA'"):
-        data.load_duplexes(bad, 100)
+        dna.load_duplexes(bad, 100)
 
 
 # ------------------------------------------------------------------------------------------
@@ -97,14 +100,14 @@ def test_dna_csv_with_and_without_spectra(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 def test_built_in_antibodies_are_valid_and_diverse():
-    sequences = data.synthetic_antibodies(500, seed=0)
+    sequences = antibody.synthetic_antibodies(500, seed=0)
     assert metrics.validity(sequences) == 1.0
     assert metrics.diversity(sequences) > 0.99
     assert all(100 <= len(s) <= 150 for s in sequences)
 
 
 def test_validity_and_diversity_by_hand():
-    good = data.synthetic_antibodies(1, seed=0)[0]
+    good = antibody.synthetic_antibodies(1, seed=0)[0]
     assert metrics.validity([good, good[:60], good.replace("W", "F")]) == pytest.approx(1 / 3)
     assert metrics.diversity(["AAA", "AAA", "CCC", "DDD"]) == 0.75
     assert metrics.validity([]) == 0.0
@@ -116,7 +119,7 @@ def test_real_vh_are_valid_and_shuffled_ones_are_not(name):
     path = SHARED_DATA / name
     if not path.exists():
         pytest.skip(f"{path} is absent (the real data lives beside the project, not in it)")
-    sequences, _ = data.load_antibody_sequences(path, 158)
+    sequences, _ = antibody.load_antibody_sequences(path, 158)
     assert len(sequences) > 150
     assert metrics.validity(sequences) > 0.97
     rng = random.Random(0)

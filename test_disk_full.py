@@ -10,7 +10,6 @@ import subprocess
 import pytest
 
 import checkpoint as ckpt
-import train
 from conftest import GNN_ARGS, assert_same_run, load, run_main, run_train
 from test_checkpoint import sha256, trained_state
 
@@ -87,7 +86,7 @@ def failing_saves(monkeypatch, which):
             raise failure(errno.ENOSPC)
         return real(state, path, also)
 
-    monkeypatch.setattr(train.ckpt, "save_checkpoint", save)
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
 
 
 def test_training_warns_goes_on_and_the_next_save_succeeds(tmp_path, monkeypatch, capsys,

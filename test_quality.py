@@ -68,14 +68,16 @@ def test_short_gnn_run_learns_and_records_r2_and_mae(tmp_path, capsys):
 
 
 def test_a_checkpoint_without_the_new_measures_resumes(finished_run, tmp_path, capsys):
+    """An older checkpoint: without the GNN's measures, and with the all-None sampling columns
+    that every family's history carried before each family kept only its own."""
     folder = tmp_path / "checkpoints"
     shutil.copytree(finished_run, folder)
     state = ckpt.load_checkpoint(folder / "gnn_tiny_latest.pt")
-    state = {**state, "history": {k: state["history"][k] for k in
-                                  ("epoch", "train_loss", "val_loss", "validity", "diversity",
-                                   "lr")}}
-    ckpt.save_checkpoint(state, folder / "gnn_tiny_latest.pt")
+    old = {k: state["history"][k] for k in ("epoch", "train_loss", "val_loss")}
+    old.update(validity=[None] * 3, diversity=[None] * 3, lr=state["history"]["lr"])
+    ckpt.save_checkpoint({**state, "history": old}, folder / "gnn_tiny_latest.pt")
     assert run_main([*GNN_ARGS, "--epochs", 4]) == 0
     history = load(folder / "gnn_tiny_latest.pt")["history"]
     assert history["r2_log10_T"][:3] == [None, None, None] and history["r2_log10_T"][3] > 0
     assert all(len(values) == 4 for values in history.values())
+    assert "validity" not in history

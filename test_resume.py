@@ -11,7 +11,7 @@ import checkpoint as ckpt
 from conftest import MODEL_ARGS, RUN_NAME, TrainProcess, assert_same_run, load, run_train
 
 
-@pytest.mark.parametrize("model", ["transformer", "gnn"])
+@pytest.mark.parametrize("model", list(MODEL_ARGS))
 def test_four_epochs_equal_two_plus_two_resumed(tmp_path, references, model):
     args = MODEL_ARGS[model]
     first = run_train([*args, "--epochs", 2], tmp_path)
@@ -37,7 +37,7 @@ def kill_points(model, count=5):
     return points[:count]
 
 
-@pytest.mark.parametrize("model", ["transformer", "gnn"])
+@pytest.mark.parametrize("model", list(MODEL_ARGS))
 def test_sigkill_anywhere_then_rerun_ends_bit_identical(tmp_path, references, model):
     # Saves every 4 steps so that kills inside a save and resumes from mid-epoch are common.
     args = [*MODEL_ARGS[model], "--epochs", 4, "--checkpoint-every-steps", 4]
@@ -65,15 +65,15 @@ def test_restored_optimizer_moments_live_in_memory_of_their_own(finished_run):
     # and would keep the mapping of a file that later saves replace alive.
     import torch
     import models
-    import train
+    import startup
     state = ckpt.load_checkpoint(finished_run / "gnn_tiny_latest.pt")
     loaded = state["optimizer_state_dict"]["state"]
     with torch.device("meta"):
         model = models.build_model(models.config_from_dict(state["config"]))
     model = model.to_empty(device="cpu")
     settings = state["args"]
-    optimizer, scheduler = train.build_optimizer(model, settings, 10)
-    train.restore(state, model, optimizer, scheduler, settings, {}, 10)
+    optimizer, scheduler = startup.build_optimizer(model, settings, 10)
+    startup.restore(state, model, optimizer, scheduler, settings, {}, 10)
     restored = optimizer.state_dict()["state"]
     assert restored.keys() == loaded.keys() and loaded
     for index, moments in loaded.items():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import checkpoint as ckpt
+import run_state
 import train
 from conftest import GNN_ARGS, REPO, assert_same_run, load, run_main, run_train
 from test_checkpoint import snapshot
@@ -191,7 +192,7 @@ def test_batch_size_may_change_in_the_middle_of_an_epoch(tmp_path, capsys):
         self.stop.received = 15
         return saved
 
-    handlers = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
+    handlers = {s: signal.getsignal(s) for s in run_state.STOP_SIGNALS}
     train.Trainer.start_save = save_then_stop
     try:
         assert run_main([*GNN_ARGS, "--epochs", 2, *stopping]) == 143

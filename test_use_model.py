@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import data
+import dna
 import metrics
 import use_model
+from families import gnn
 from conftest import TRANSFORMER_ARGS, run_main, run_train
 
 
@@ -81,8 +82,8 @@ def test_predict_from_the_command_line_and_from_a_file(finished_run, tmp_path, c
     assert [r[:2] for r in rows[1:]] == [["ACGTAC", "GTACGT"], ["GGCC", "GGCC"]]
     # The numbers are the model's: the file round-trips through --data's reader.
     model, _ = use_model.load_model(finished_run / "gnn_tiny_best.pt", "gnn")
-    expected = use_model.predict(model, [("ACGTAC", "GTACGT"), ("GGCC", "GGCC")])
-    duplexes, spectra = data.load_duplexes(out, 100)
+    expected = gnn.predict(model, [("ACGTAC", "GTACGT"), ("GGCC", "GGCC")])
+    duplexes, spectra = dna.load_duplexes(out, 100)
     np.testing.assert_allclose(spectra, expected, rtol=1e-5)
 
     listing = tmp_path / "seqs.txt"

@@ -63,12 +63,13 @@ def child_train(args, saving):
     """Run train.py's main in this process; print as JSON the run's wall time (start-up
     included) and its loop's, and the duration of each step with whether a background write
     was in flight during it."""
+    import families
     import train
     if not saving:
         train.Trainer.start_save = lambda self, *a, **k: None
         train.Trainer.collect_save = lambda self, block: True
         # No staging memory either, neither paged in at start-up nor at the first step.
-        train.reserve_staging_memory = lambda *a, **k: None
+        train.startup.reserve_staging_memory = lambda *a, **k: None
         train.background_save.StagingBuffers.prepared = True
     original = train.Trainer.train
     original_step = train.Trainer.train_step
@@ -119,8 +120,10 @@ def child_train(args, saving):
     train.Trainer.train = timed
     timing["final_wait_s"], timing["eval_s"], timing["prepare_s"] = [], [], []
     for name, key in (("final_save_outcome", "final_wait_s"), ("validation_loss", "eval_s"),
-                      ("epoch_measures", "eval_s"), ("write_plots", "eval_s")):
+                      ("write_plots", "eval_s")):
         setattr(train.Trainer, name, _timed(getattr(train.Trainer, name), timing[key]))
+    for family_class in {type(family) for family in families.FAMILIES.values()}:
+        family_class.epoch_measures = _timed(family_class.epoch_measures, timing["eval_s"])
     staging = train.background_save.StagingBuffers
     staging.prepare = _timed(staging.prepare, timing["prepare_s"])
     main_started = time.perf_counter()
@@ -180,16 +183,18 @@ def child_throughput(model_args, attempts):
     loops' costs are kept and a moment of noise in one attempt is not."""
     import torch
     import data
+    import families
     import models
+    import settings as run_settings
+    import startup
     import train
 
     def bare_epoch(settings, config, dataset):
         torch.manual_seed(settings["seed"])
         model = models.build_model(config)
-        if config.model == "gnn":
-            model.set_target_scale(dataset.data.targets[dataset.train])
+        families.get(config.model).prepare_fresh_model(model, dataset)
         steps = math.ceil(len(dataset.train) / settings["batch_size"])
-        optimizer, scheduler = train.build_optimizer(model, settings, steps)
+        optimizer, scheduler = startup.build_optimizer(model, settings, steps)
         order = dataset.train[data.epoch_order(len(dataset.train), settings["seed"], 1)]
         model.train()
         durations = []
@@ -234,13 +239,14 @@ def child_throughput(model_args, attempts):
         steps = [min(times) for times in zip(*(durations for _, durations in epochs))]
         return sum(steps) + min(wall - sum(durations) for wall, durations in epochs)
 
-    explicit = train.explicit_flags(train.build_parser().parse_args(model_args))
-    settings = train.merge_settings(explicit, None)
+    explicit = run_settings.explicit_flags(train.build_parser().parse_args(model_args))
+    settings = run_settings.merge_settings(explicit, None)
     config = models.get_config(settings["model"], settings["config"])
-    dataset = train.load_dataset(settings, config)
+    family = families.get(config.model)
+    dataset = family.load_dataset(settings, config)
     # train.main would build the same data again for each attempt, outside the timed steps
     # (2.4 s for the GNN's 4000 graphs): it gets the one built here, as the bare loop does.
-    train.load_dataset = lambda settings, config: dataset
+    family.load_dataset = lambda settings, config: dataset
     bare, ours = [], []
     with tempfile.TemporaryDirectory() as folder:
         for attempt in range(attempts):
@@ -291,17 +297,17 @@ def trained_state(size):
     """The transformer's full checkpoint state (config `size`) after one AdamW step."""
     import torch
     import checkpoint as ckpt
-    import data
+    import antibody
     import models
-    import train
+    import startup
     from dataclasses import asdict
     torch.manual_seed(0)
     config = models.get_config("transformer", size)
     model = models.build_model(config)
-    optimizer, scheduler = train.build_optimizer(
+    optimizer, scheduler = startup.build_optimizer(
         model, {"lr": 1e-4, "weight_decay": 0.01, "warmup_steps": 10, "lr_schedule": "constant",
                 "epochs": 1}, 100)
-    batch = data.SequenceData(data.synthetic_antibodies(2, 0), config.max_len).batch(
+    batch = antibody.SequenceData(antibody.synthetic_antibodies(2, 0), config.max_len).batch(
         torch.arange(2))
     model.loss(batch)[0].backward()
     optimizer.step()

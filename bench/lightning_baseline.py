@@ -20,16 +20,19 @@ def train_with_lightning(model_args, folder, every_n_steps):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     import data
+    import families
     import models
+    import settings as run_settings
+    import startup
     import train
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")   # its advice on DataLoader workers, loggers, ...
 
-    explicit = train.explicit_flags(train.build_parser().parse_args(model_args))
-    settings = train.merge_settings(explicit, None)
+    explicit = run_settings.explicit_flags(train.build_parser().parse_args(model_args))
+    settings = run_settings.merge_settings(explicit, None)
     config = models.get_config(settings["model"], settings["config"])
-    dataset = train.load_dataset(settings, config)
+    dataset = families.get(config.model).load_dataset(settings, config)
     torch.manual_seed(settings["seed"])
     model = models.build_model(config)
     size = settings["batch_size"]
@@ -45,7 +48,7 @@ def train_with_lightning(model_args, folder, every_n_steps):
             return self.model.loss(batch)[0]
 
         def configure_optimizers(self):
-            optimizer, scheduler = train.build_optimizer(self.model, settings, len(batches))
+            optimizer, scheduler = startup.build_optimizer(self.model, settings, len(batches))
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -37,9 +37,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import antibody  # noqa: E402
 import data  # noqa: E402
+import dna  # noqa: E402
 import metrics  # noqa: E402
+import tight_binding  # noqa: E402
 import use_model  # noqa: E402
+from families import gnn, transformer  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 OAS = SHARED / "oas_jaffe2022_donor3_vh.fasta"
@@ -79,7 +83,7 @@ def targets(sequences):
     each residue and the end token, given <bos> and the residues before."""
     triples = []
     for s in sequences:
-        tokens = data.encode(s)
+        tokens = antibody.encode(s)
         triples += [(i, tokens[i], tokens[i + 1]) for i in range(len(tokens) - 1)]
     return np.array(triples)
 
@@ -95,9 +99,9 @@ def smoothed_perplexity(train_counts, val_context, val_token, k):
 def baseline_perplexities(train_seqs, val_seqs):
     train_t, val_t = targets(train_seqs), targets(val_seqs)
     positions = max(train_t[:, 0].max(), val_t[:, 0].max()) + 1
-    unigram = np.zeros((positions, data.VOCAB_SIZE))
+    unigram = np.zeros((positions, antibody.VOCAB_SIZE))
     np.add.at(unigram, (train_t[:, 0], train_t[:, 2]), 1)
-    bigram = np.zeros((data.VOCAB_SIZE, data.VOCAB_SIZE))
+    bigram = np.zeros((antibody.VOCAB_SIZE, antibody.VOCAB_SIZE))
     np.add.at(bigram, (train_t[:, 1], train_t[:, 2]), 1)
     best = {}
     for name, counts, context in (("position-aware unigram", unigram, val_t[:, 0]),
@@ -114,7 +118,7 @@ def transformer_quality(work):
     stdout, seconds = train(TRANSFORMER_RUN, work)
     best = torch.load(work / "transformer_tiny_best.pt", weights_only=True)
     model_ppl = math.exp(best["val_loss"])
-    sequences, _ = data.load_antibody_sequences(str(OAS), 158)
+    sequences, _ = antibody.load_antibody_sequences(str(OAS), 158)
     train_idx, val_idx = data.split_indices(len(sequences), 0.1, 0)
     train_seqs = [sequences[i] for i in train_idx]
     val_seqs = [sequences[i] for i in val_idx]
@@ -124,7 +128,7 @@ def transformer_quality(work):
     rows = []
     for temperature, top_p in ((1.0, 1.0), (1.0, 0.95)):
         started = time.monotonic()
-        sampled = use_model.sample_sequences(model, 1000, temperature, 0, top_p)
+        sampled = transformer.sample_sequences(model, 1000, temperature, 0, top_p)
         imgt = metrics.imgt_validity(sampled)
         rows.append([f"T={temperature:g}, top-p={top_p:g}",
                      f"{100 * metrics.validity(sampled):.1f}%",
@@ -185,26 +189,26 @@ def scores(predicted, true):
 
 def gnn_quality(work):
     stdout, seconds = train(GNN_RUN, work / "full")
-    duplexes = data.synthetic_duplexes(4000, 0)
-    grid = data.default_energy_grid(100)
-    spectra = data.log_spectra(duplexes, grid)
+    duplexes = dna.synthetic_duplexes(4000, 0)
+    grid = tight_binding.default_energy_grid(100)
+    spectra = tight_binding.log_spectra(duplexes, grid)
     train_idx, val_idx = data.split_indices(len(duplexes), 0.1, 0)
     train_dup = [duplexes[i] for i in train_idx]
     val_dup = [duplexes[i] for i in val_idx]
     val_y = spectra[val_idx.numpy()]
 
     model, _ = use_model.load_model(work / "full" / "gnn_tiny_best.pt", "gnn")
-    rows = [["GNN (tiny, edge types)"] + scores(use_model.predict(model, val_dup), val_y)]
+    rows = [["GNN (tiny, edge types)"] + scores(gnn.predict(model, val_dup), val_y)]
 
     # Ablation: the same run with every edge of one type.
-    original = data.GraphData.batch
+    original = dna.GraphData.batch
 
     def one_edge_type(self, indices):
         batch = original(self, indices)
         batch["edge_type"] = torch.zeros_like(batch["edge_type"])
         return batch
 
-    data.GraphData.batch = one_edge_type
+    dna.GraphData.batch = one_edge_type
     try:
         import train as train_module
         print("$ python train.py " + " ".join(GNN_RUN) + "   # with every edge of one type")
@@ -212,10 +216,10 @@ def gnn_quality(work):
             code = train_module.main([*GNN_RUN, "--checkpoint-dir", str(work / "one_type")])
         assert code == 0, code
         ablated, _ = use_model.load_model(work / "one_type" / "gnn_tiny_best.pt", "gnn")
-        rows.append(["GNN, all edges one type"] + scores(use_model.predict(ablated, val_dup),
+        rows.append(["GNN, all edges one type"] + scores(gnn.predict(ablated, val_dup),
                                                          val_y))
     finally:
-        data.GraphData.batch = original
+        dna.GraphData.batch = original
 
     mean_spectrum = np.broadcast_to(spectra[train_idx.numpy()].mean(0), val_y.shape)
     rows.append(["mean training spectrum"] + scores(mean_spectrum, val_y))
@@ -237,9 +241,9 @@ def dft_curiosity(model):
         rows = [(float(r["energy_eV"]), float(r["transmission"]), float(r["dos"]))
                 for r in csv.DictReader(f)]
     energy, t, dos = map(np.array, zip(*rows))
-    predicted = use_model.predict(model, [("AAAC", data.full_complement("AAAC"))])[0]
-    tb = data.log_spectra([("AAAC", data.full_complement("AAAC"))],
-                          data.default_energy_grid(100))[0]
+    predicted = gnn.predict(model, [("AAAC", tight_binding.full_complement("AAAC"))])[0]
+    tb = tight_binding.log_spectra([("AAAC", tight_binding.full_complement("AAAC"))],
+                          tight_binding.default_energy_grid(100))[0]
     print(f"\nDFT+NEGF sample (duplex aaac, {len(energy)} energies {energy[0]:.2f} to "
           f"{energy[-1]:.2f} eV around the HOMO):")
     print(f"  DFT:            log10 T from {np.log10(t).min():.1f} to {np.log10(t).max():.1f}, "

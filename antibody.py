@@ -1,0 +1,223 @@
+"""Antibody sequences: the amino-acid tokenizer, the built-in VH-like set, the FASTA/CSV/TXT
+readers and batching. Shared by the antibody model families.
+
+Built-in data is a function of the seed alone (numpy's PCG64 streams are the same on every
+machine), so the same seed gives the same sequences everywhere.
+"""
+
+import csv
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data import STREAM_ANTIBODY, DataError, read_lines
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer: 20 amino acids and 5 special tokens
+# --------------------------------------------------------------------------------------------
+
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>")
+PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+VOCAB_SIZE = len(SPECIAL_TOKENS) + len(AMINO_ACIDS)
+_TOKEN_OF = {aa: len(SPECIAL_TOKENS) + i for i, aa in enumerate(AMINO_ACIDS)}
+
+
+def encode(sequence):
+    """Token ids for `<bos> sequence <eos>`."""
+    return [BOS_ID] + [_TOKEN_OF.get(aa, UNK_ID) for aa in sequence] + [EOS_ID]
+
+
+def decode(token_ids):
+    """The residues of a sampled token sequence, up to its first <eos>; other special tokens
+    become 'X' so that they count against validity."""
+    residues = []
+    for t in token_ids:
+        t = int(t)
+        if t == EOS_ID or t == PAD_ID:
+            break
+        residues.append(AMINO_ACIDS[t - len(SPECIAL_TOKENS)] if t >= len(SPECIAL_TOKENS) else "X")
+    return "".join(residues)
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in antibody set: VH-like sequences from human germline frameworks with variable CDRs
+# --------------------------------------------------------------------------------------------
+
+# (FR1, CDR-H1, FR2, CDR-H2, FR3) of five common human IGHV germlines. FR1 carries Cys22 and FR2
+# starts with Trp36 (Kabat); FR3 ends "...YYC" + "AR"/"AK", the Cys being Kabat 92.
+_V_GENES = (
+    ("EVQLLESGGGLVQPGGSLRLSCAASGFTFS", "SYAMS", "WVRQAPGKGLEWVS", "AISGSGGSTYYADSVKG",
+     "RFTISRDNSKNTLYLQMNSLRAEDTAVYYCAK"),  # IGHV3-23
+    ("QVQLVQSGAEVKKPGSSVKVSCKASGGTFS", "SYAIS", "WVRQAPGQGLEWMG", "GIIPIFGTANYAQKFQG",
+     "RVTITADESTSTAYMELSSLRSEDTAVYYCAR"),  # IGHV1-69
+    ("QVQLQQWGAGLLKPSETLSLTCAVYGGSFS", "GYYWS", "WIRQPPGKGLEWIG", "EINHSGSTNYNPSLKS",
+     "RVTISVDTSKNQFSLKLSSVTAADTAVYYCAR"),  # IGHV4-34
+    ("QVQLVESGGGVVQPGRSLRLSCAASGFTFS", "SYGMH", "WVRQAPGKGLEWVA", "VISYDGSNKYYADSVKG",
+     "RFTISRDNSKNTLYLQMNSLRAEDTAVYYCAK"),  # IGHV3-30
+    ("QVQLVQSGAEVKKPGASVKVSCKASGYTFT", "GYYMH", "WVRQAPGQGLEWMG", "WINPNSGGTNYAQKFQG",
+     "RVTMTRDTSISTAYMELSRLRSDDTAVYYCAR"),  # IGHV1-2
+)
+# FR4 from the human IGHJ genes; each starts with the W-G-x-G motif (Kabat W103).
+_J_GENES = ("WGQGTLVTVSS", "WGQGTTVTVSS", "WGQGTMVTVSS", "WGRGTLVTVSS")
+_CDR3_ENDS = ("FDY", "MDV", "FDP", "AFDI", "DY", "FDV")
+# Residue frequencies for random CDR positions (no Cys or Trp, so the anchors stay unique).
+_CDR_RESIDUES = "ADEFGHIKLMNPQRSTVY"
+_CDR_WEIGHTS = np.array([8, 9, 4, 3, 14, 2, 2, 3, 4, 2, 5, 4, 2, 4, 13, 8, 6, 16], dtype=float)
+_CDR_WEIGHTS /= _CDR_WEIGHTS.sum()
+
+
+def _mutate(segment, rate, rng, protected=()):
+    chars = list(segment)
+    for i in np.flatnonzero(rng.random(len(chars)) < rate):
+        if i not in protected:
+            chars[i] = _CDR_RESIDUES[rng.choice(len(_CDR_RESIDUES), p=_CDR_WEIGHTS)]
+    return "".join(chars)
+
+
+def synthetic_antibodies(n, seed):
+    """`n` VH-like sequences (about 110-130 residues) with the conserved anchors in place."""
+    rng = np.random.default_rng([seed, STREAM_ANTIBODY])
+    sequences = []
+    for _ in range(n):
+        fr1, cdr1, fr2, cdr2, fr3 = _V_GENES[rng.integers(len(_V_GENES))]
+        fr1 = _mutate(fr1, 0.03, rng, protected={21})
+        fr2 = _mutate(fr2, 0.03, rng, protected={0})
+        fr3 = _mutate(fr3, 0.03, rng, protected={len(fr3) - 3})
+        cdr1 = _mutate(cdr1, 0.15, rng)
+        cdr2 = _mutate(cdr2, 0.15, rng)
+        core = rng.choice(len(_CDR_RESIDUES), size=rng.integers(2, 18), p=_CDR_WEIGHTS)
+        cdr3 = "".join(_CDR_RESIDUES[i] for i in core) + _CDR3_ENDS[rng.integers(len(_CDR3_ENDS))]
+        fr4 = _mutate(_J_GENES[rng.integers(len(_J_GENES))], 0.02, rng, protected={0, 1, 3})
+        sequences.append(fr1 + cdr1 + fr2 + cdr2 + fr3 + cdr3 + fr4)
+    return sequences
+
+
+# --------------------------------------------------------------------------------------------
+# Antibody files: FASTA, CSV (a column named like "sequence"), TXT (one sequence per line)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class LoadReport:
+    """What reading a file kept and skipped, for one summary line to the user."""
+    kept: int = 0
+    skipped_residues: int = 0   # sequences with residues outside the 20 amino acids
+    skipped_length: int = 0     # sequences longer than the model's context
+    first_skipped_line: int = 0
+
+    def summary(self, path):
+        parts = []
+        if self.skipped_residues:
+            parts.append(f"{self.skipped_residues} with residues other than the 20 amino acids")
+        if self.skipped_length:
+            parts.append(f"{self.skipped_length} too long for the model")
+        if not parts:
+            return None
+        return (f"{path}: skipped {' and '.join(parts)} (first at line {self.first_skipped_line});"
+                f" kept {self.kept}")
+
+
+def _fasta_records(path, lines):
+    """(line number of the sequence's first line, sequence) for each FASTA record."""
+    records, current, start = [], None, 0
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith(">"):
+            if current is not None:
+                records.append((start, "".join(current)))
+            current, start = [], number + 1
+        elif current is None:
+            raise DataError(f"{path} line {number}: sequence before the first '>' header")
+        else:
+            current.append(line)
+    if current is not None:
+        records.append((start, "".join(current)))
+    return records
+
+
+def _csv_records(path, lines):
+    rows = list(csv.reader(lines))
+    header = [h.strip() for h in rows[0]] if rows else []
+    lowered = [h.lower() for h in header]
+    if "sequence" in lowered:
+        column = lowered.index("sequence")
+    else:
+        column = next((i for i, h in enumerate(lowered) if "seq" in h), None)
+    if column is None:
+        if header and header[0].isalpha() and len(header[0]) >= 20:
+            return [(n, row[0].strip()) for n, row in enumerate(rows, 1) if row]
+        raise DataError(f"{path} line 1: no column named like 'sequence' in the header "
+                        f"{header}")
+    records = []
+    for number, row in enumerate(rows[1:], 2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= column:
+            raise DataError(f"{path} line {number}: {len(row)} columns, the sequence column "
+                            f"'{header[column]}' is column {column + 1}")
+        records.append((number, row[column].strip()))
+    return records
+
+
+def load_antibody_sequences(path, max_residues):
+    """Sequences from a FASTA, CSV or TXT file and a LoadReport.
+
+    Sequences with residues outside the 20 amino acids (X, B, Z, stop codons) or longer than
+    `max_residues` are skipped and counted; structural problems raise DataError naming the line.
+    """
+    lines = read_lines(path)
+    suffix = os.path.splitext(path)[1].lower()
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if suffix in (".fasta", ".fa", ".faa", ".fas") or first.startswith(">"):
+        records = _fasta_records(path, lines)
+    elif suffix == ".csv":
+        records = _csv_records(path, lines)
+    else:
+        records = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
+    report, sequences = LoadReport(), []
+    allowed = set(AMINO_ACIDS)
+    for number, sequence in records:
+        # Alignment gaps are not residues; a stop codon '*' marks a sequence to skip.
+        sequence = sequence.upper().replace("-", "").replace(".", "")
+        bad = next((c for c in sequence if not (c.isalpha() or c == "*")), None)
+        if bad is not None:
+            raise DataError(f"{path} line {number}: unexpected character {bad!r} in a sequence")
+        if not sequence:
+            raise DataError(f"{path} line {number}: empty sequence")
+        if set(sequence) - allowed or len(sequence) > max_residues:
+            if set(sequence) - allowed:
+                report.skipped_residues += 1
+            else:
+                report.skipped_length += 1
+            report.first_skipped_line = report.first_skipped_line or number
+            continue
+        sequences.append(sequence)
+    report.kept = len(sequences)
+    if not sequences:
+        raise DataError(f"{path}: no usable sequences"
+                        + (f" ({report.summary(path)})" if report.summary(path) else ""))
+    return sequences, report
+
+
+class SequenceData:
+    """Token sequences padded into one tensor; a batch is a slice trimmed to its longest row."""
+
+    def __init__(self, sequences, max_len):
+        encoded = [encode(s) for s in sequences]
+        self.tokens = torch.full((len(encoded), max_len), PAD_ID, dtype=torch.long)
+        self.lengths = torch.tensor([len(e) for e in encoded])
+        for i, e in enumerate(encoded):
+            self.tokens[i, :len(e)] = torch.tensor(e)
+        self.sequences = list(sequences)
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def batch(self, indices):
+        width = int(self.lengths[indices].max())
+        rows = self.tokens[indices, :width]
+        return {"input": rows[:, :-1], "target": rows[:, 1:]}

@@ -1,0 +1,156 @@
+"""`--model gnn`: a message-passing network that predicts the electronic transport of DNA
+duplexes, log10 T(E) and log10 DOS(E) on an energy grid, directly.
+
+Data: the built-in duplexes with spectra from tight_binding.py, or a DNA CSV (dna.py). Per
+epoch: R² and mean absolute error of both spectra on the validation set, and a figure of
+predicted against true T(E). `--predict` writes a trained model's spectra as CSV.
+"""
+
+import os
+
+import numpy as np
+import torch
+
+import data
+import dna
+import metrics
+import plots
+import tight_binding
+from families import Family
+
+
+class TransportGNNFamily(Family):
+    name = "gnn"
+    defaults = {"num_samples": 2000, "epochs": 20, "batch_size": 64, "lr": 1e-3,
+                "warmup_steps": 50}
+    measures = ("r2_log10_T", "r2_log10_DOS", "mae_log10_T", "mae_log10_DOS")
+    use = "predict"
+    use_output = "{name}_predictions.csv"
+
+    def load_dataset(self, settings, config):
+        path = settings["data"]
+        grid = tight_binding.default_energy_grid(config.n_energies)
+        targets = None
+        if path:
+            duplexes, targets = dna.load_duplexes(path, config.n_energies)
+        else:
+            duplexes = dna.synthetic_duplexes(settings["num_samples"], settings["seed"])
+        # Spectra computed here are not part of the fingerprint: they depend on the machine's
+        # floating point library at the last bit, and a run may move between machines.
+        fingerprint = data.fingerprint("dna", duplexes,
+                                       None if targets is None else targets.tobytes())
+        if targets is None:
+            targets = tight_binding.log_spectra(duplexes, grid)
+        return data.split_dataset(dna.GraphData(duplexes, targets), settings, fingerprint,
+                                  path or "built-in data",
+                                  {"energy_grid": torch.from_numpy(grid)})
+
+    def prepare_fresh_model(self, model, dataset):
+        # The model predicts standardised spectra: the scale comes from the training targets.
+        targets = dataset.data.targets[dataset.train]
+        model.set_target_scale(targets.to(model.target_mean.device))
+
+    def epoch_measures(self, evaluation, epoch, val_loss):
+        """R² and mean absolute error (decades) of log10 T(E) and log10 DOS(E) over the
+        validation set, from the model's predictions in physical units (rank 0 only)."""
+        if not evaluation.main:
+            return {}
+        predicted, true = self._validation_predictions(evaluation)
+        measures = {}
+        for index, name in ((0, "T"), (1, "DOS")):
+            measures[f"r2_log10_{name}"] = metrics.r2(predicted[:, index], true[:, index])
+            measures[f"mae_log10_{name}"] = metrics.mae(predicted[:, index], true[:, index])
+        return measures
+
+    @torch.no_grad()
+    def _validation_predictions(self, evaluation):
+        model = evaluation.model
+        model.eval()
+        predicted, true = [], []
+        for batch in evaluation.val_batches():
+            with evaluation.autocast():
+                predicted.append(model.predict(batch).float().cpu())
+            true.append(batch["target"].cpu())
+        model.train()
+        return torch.cat(predicted).numpy(), torch.cat(true).numpy()
+
+    def summary_parts(self, measures):
+        return [f"log10 {name} R² {measures[f'r2_log10_{name}']:.3f} MAE "
+                f"{measures[f'mae_log10_{name}']:.2f}" for name in ("T", "DOS")
+                if measures.get(f"r2_log10_{name}") is not None]
+
+    def write_figures(self, evaluation):
+        """NAME_transport.png: predicted against true log10 T(E) for four validation
+        duplexes."""
+        dataset, model = evaluation.dataset, evaluation.model
+        shown = dataset.val[:4]
+        batch = {k: v.to(evaluation.device) for k, v in dataset.data.batch(shown).items()}
+        model.eval()
+        with torch.no_grad():
+            predicted = model.predict(batch)[:, 0].float().cpu().numpy()
+        model.train()
+        plots.write_transport_figure(
+            evaluation.out_dir / evaluation.run.transport_figure.name,
+            dataset.checkpoint_extras["energy_grid"].numpy(),
+            batch["target"][:, 0].cpu().numpy(), predicted,
+            [dataset.data.duplexes[int(i)][0] for i in shown])
+
+    def use_trained(self, explicit, model, state, settings, where):
+        """--predict SEQUENCES|FILE: CSV of predicted log10 T(E) and log10 DOS(E)."""
+        duplexes = read_duplexes(explicit["predict"], model.config.n_energies)
+        spectra = predict(model, duplexes)
+        grid = state["energy_grid"].numpy()
+        report = (f"Predicted log10 T(E) and log10 DOS(E) for {len(duplexes)} duplexes with "
+                  f"{where}, {len(grid)} energies from {grid[0]:g} to {grid[-1]:g} eV")
+        return predictions_csv(duplexes, spectra), report
+
+
+def read_duplexes(text, n_energies):
+    """Duplexes (primary, full complement) from comma-separated sequences given on the command
+    line, or from a file: a CSV with a `sequence` column (and optionally `complement`), or one
+    sequence per line.
+
+    Raises:
+        data.DataError: with the file and line, or the sequence, at fault.
+    """
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8", errors="replace") as f:
+            first = f.readline().strip().lower()
+        if "sequence" in first.split(","):
+            return dna.load_duplexes(text, n_energies)[0]
+        with open(text, encoding="utf-8", errors="replace") as f:
+            rows = [(n, line.strip().upper()) for n, line in enumerate(f, 1) if line.strip()]
+        where = {s: f"{text} line {n}" for n, s in rows}
+        sequences = [s for _, s in rows]
+    else:
+        sequences = [s.strip().upper() for s in text.split(",") if s.strip()]
+        where = {s: f"sequence {s!r}" for s in sequences}
+    if not sequences:
+        raise data.DataError(f"{text}: no sequences")
+    for s in sequences:
+        if set(s) - set("ATGC"):
+            raise data.DataError(f"{where[s]}: must be A, T, G, C only (or a file that exists)")
+    return [(s, tight_binding.full_complement(s)) for s in sequences]
+
+
+@torch.no_grad()
+def predict(model, duplexes):
+    """log10 T(E) and log10 DOS(E), float64 (N, 2, n_energies)."""
+    graphs = dna.GraphData(duplexes, np.zeros((len(duplexes), 2, model.config.n_energies)))
+    out = [model.predict(graphs.batch(torch.arange(i, min(i + 256, len(duplexes)))))
+           for i in range(0, len(duplexes), 256)]
+    return torch.cat(out).double().numpy()
+
+
+def predictions_csv(duplexes, spectra):
+    """The CSV format `--data` reads: sequence, complement, log10_T_0.., log10_DOS_0.."""
+    n = spectra.shape[2]
+    header = ["sequence", "complement"] + [f"log10_T_{k}" for k in range(n)] + [
+        f"log10_DOS_{k}" for k in range(n)]
+    lines = [",".join(header)]
+    for (primary, complement), values in zip(duplexes, spectra):
+        lines.append(",".join([primary, complement] + [f"{v:.6g}" for v in values.ravel()]))
+    return "\n".join(lines) + "\n"
+
+
+FAMILY = TransportGNNFamily()
