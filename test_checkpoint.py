@@ -18,6 +18,7 @@ import torch
 import antibody
 import checkpoint as ckpt
 import models
+import resume_check
 import startup
 import train
 from conftest import (GNN_ARGS, MODEL_ARGS, REPO, TrainProcess, assert_same_run,
@@ -462,3 +463,33 @@ def test_a_checkpoint_restores_every_tensor_of_the_model(family):
     every = {name for name, _ in model.named_parameters()} | {
         name for name, _ in model.named_buffers()}
     assert every <= in_state, f"not checkpointed: {sorted(every - in_state)}"
+
+
+def test_standalone_mode_interrupts_resumes_and_passes(tmp_path):
+    """`python test_checkpoint.py`, as a user runs it: exit 0 and a PASS verdict last."""
+    result = subprocess.run([sys.executable, str(REPO / "test_checkpoint.py")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=resume_check.STANDALONE_TIMEOUT_S + 60)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.fullmatch(r"PASS: interrupted at epoch 1 step \d+ by SIGINT, resumed, 7 files "
+                        r"complete and verified \(\d+ s\)", lines[-1]), result.stdout
+
+
+def test_standalone_verdict_fails_naming_a_truncated_checkpoint(run_copy, tmp_path):
+    """The verdict can fail: a finished run passes, and the same run with one checkpoint cut in
+    half fails, naming that file and what is wrong with it, and nothing else."""
+    def check():
+        return resume_check.verify_run_files(run_copy, "gnn", 3)
+
+    assert resume_check.verdict(check) == (0, "PASS: 7 files complete and verified")
+    damage(run_copy / "gnn_tiny_epoch2.pt", "truncated", tmp_path)
+    code, line = resume_check.verdict(check)
+    assert code == 1
+    assert line.startswith("FAIL: gnn_tiny_epoch2.pt: truncated or not written"), line
+    problems = resume_check.run_file_problems(run_copy, "gnn", 3)
+    assert len(problems) == 1, problems   # the other six files are whole
+
+
+if __name__ == "__main__":
+    # `python test_checkpoint.py`: the interrupt-resume-verify check, with its one-line verdict.
+    sys.exit(resume_check.main())
