@@ -25,33 +25,9 @@ from settings import (COMMON_DEFAULTS, OVERRIDABLE, check_writable_folder, ident
                       merge_settings)
 
 
-def _same_file(a, b):
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def files_newer_than(run, state, source):
-    """Files of `run` that record more progress than the checkpoint `state` (read from
-    `source`): resuming from it would overwrite them, so they are moved aside instead."""
-    newer = [path for n, path in run.epoch_files() if n > state["epoch"]]
-    for path in (run.latest, run.best):
-        if path.exists() and not _same_file(path, source):
-            position = ckpt.read_progress(path)
-            if position is None or position[1] > state["global_step"]:
-                newer.append(path)
-    return newer
-
-
-def describe_resume(path, state):
-    position = f"epoch {state['epoch']}"
-    if state["step_in_epoch"]:
-        position += f" + {state['step_in_epoch']} steps of epoch {state['epoch'] + 1}"
-    val = "n/a" if state["val_loss"] is None else f"{state['val_loss']:.4f}"
-    return (f"Resuming from {path}: {position} (global step {state['global_step']}), "
-            f"val loss {val}")
-
+# --------------------------------------------------------------------------------------------
+# Which run, and which checkpoint it resumes from
+# --------------------------------------------------------------------------------------------
 
 def prepare(explicit):
     """Resolve which run this is and what it resumes from, reading but writing nothing.
@@ -130,6 +106,52 @@ def agree_on_start(explicit, procs):
     return settings, run, state, source, skipped
 
 
+def describe_resume(path, state):
+    position = f"epoch {state['epoch']}"
+    if state["step_in_epoch"]:
+        position += f" + {state['step_in_epoch']} steps of epoch {state['epoch'] + 1}"
+    val = "n/a" if state["val_loss"] is None else f"{state['val_loss']:.4f}"
+    return (f"Resuming from {path}: {position} (global step {state['global_step']}), "
+            f"val loss {val}")
+
+
+def files_newer_than(run, state, source):
+    """Files of `run` that record more progress than the checkpoint `state` (read from
+    `source`): resuming from it would overwrite them, so they are moved aside instead."""
+    newer = [path for n, path in run.epoch_files() if n > state["epoch"]]
+    for path in (run.latest, run.best):
+        if path.exists() and not _same_file(path, source):
+            position = ckpt.read_progress(path)
+            if position is None or position[1] > state["global_step"]:
+                newer.append(path)
+    return newer
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# The run's folder (rank 0)
+# --------------------------------------------------------------------------------------------
+
+def claim_run_folder_once(explicit, run, state, source, skipped, settings, config, procs):
+    """Rank 0 claims the run's folder (claim_run_folder); every rank learns whether it could,
+    and all refuse together. Returns the lock (None on the other ranks)."""
+    lock = error = None
+    if procs.main:
+        try:
+            lock = claim_run_folder(explicit, run, state, source, skipped, settings, config)
+        except UsageError as e:
+            error = e
+    if not procs.all_ok(error is None):
+        raise error or Quiet(EXIT_BAD_INPUT)
+    return lock
+
+
 def claim_run_folder(explicit, run, state, source, skipped, settings, config):
     """Rank 0's part of start-up: check the folders, take the run lock, clear what a killed
     writer left, and move aside files that resuming from `state` would overwrite. Returns
@@ -199,6 +221,22 @@ def check_disk_space(run, settings, config):
              f"--keep-last N keeps fewer epoch files")
 
 
+# --------------------------------------------------------------------------------------------
+# Data and memory
+# --------------------------------------------------------------------------------------------
+
+def load_dataset(family, settings, config, state, source):
+    """The run's data, from its family; refused when it is not what `state` trained on."""
+    try:
+        dataset = family.load_dataset(settings, config)
+    except data.DataError as e:
+        raise UsageError(str(e)) from None
+    if state is not None and state.get("data_fingerprint") != dataset.fingerprint:
+        raise UsageError(f"the data differs from what {source} was trained on "
+                         f"({settings['data'] or 'built-in data'}); use --fresh or another --name")
+    return dataset
+
+
 def reserve_staging_memory(state, config, device, procs):
     """Start paging in the memory of the background writer's snapshot buffers, beside the
     rest of start-up (background_save.PagedInMemory): the state's own size on a resume, else
@@ -219,6 +257,42 @@ def estimated_checkpoint_bytes(config):
     initialisation); the disk check and the staging memory both ask, it is built once."""
     with torch.device("meta"):
         return retention.checkpoint_bytes(models.build_model(config))
+
+
+# --------------------------------------------------------------------------------------------
+# The training objects, new or restored
+# --------------------------------------------------------------------------------------------
+
+def build_training_objects(explicit, settings, family, config, dataset, device, state, source,
+                           procs):
+    """(model, optimizer, scheduler, scaler, progress): new ones seeded by --seed, or the
+    checkpoint `state`'s, with the explicit overrides applied."""
+    if state is not None:
+        say(describe_resume(source, state))
+        change = describe_world_change(state, procs)
+        if change:
+            warn(change)
+        # Every weight comes from the checkpoint: skip the random initialisation (seconds for
+        # the large configs) by building on the meta device and allocating empty tensors.
+        with torch.device("meta"):
+            model = models.build_model(config)
+        model = model.to_empty(device=device)
+    else:
+        torch.manual_seed(settings["seed"])
+        model = models.build_model(config).to(device)
+        family.prepare_fresh_model(model, dataset)
+        if procs.rank > 0:
+            torch.manual_seed(rank_seed(settings["seed"], procs.rank))
+    steps_per_epoch = math.ceil(len(dataset.train) / settings["batch_size"])
+    optimizer, scheduler = build_optimizer(model, settings, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings["precision"] == "fp16")
+    if state is None:
+        return model, optimizer, scheduler, scaler, Progress.start(family.measures)
+    restore(state, model, optimizer, scheduler, settings, explicit, steps_per_epoch)
+    restore_rank_rng(state, settings, procs)
+    if scaler.is_enabled() and "scaler_state_dict" in state:
+        scaler.load_state_dict(state["scaler_state_dict"])
+    return model, optimizer, scheduler, scaler, Progress.from_checkpoint(state, family.measures)
 
 
 class LRSchedule:
@@ -316,61 +390,3 @@ def describe_world_change(state, procs):
             f"batches, but it is not bit-identical to a run that kept {processes(saved)} "
             f"(sums over the ranks round differently, and each process has its own dropout "
             f"stream)")
-
-
-def load_dataset(family, settings, config, state, source):
-    """The run's data, from its family; refused when it is not what `state` trained on."""
-    try:
-        dataset = family.load_dataset(settings, config)
-    except data.DataError as e:
-        raise UsageError(str(e)) from None
-    if state is not None and state.get("data_fingerprint") != dataset.fingerprint:
-        raise UsageError(f"the data differs from what {source} was trained on "
-                         f"({settings['data'] or 'built-in data'}); use --fresh or another --name")
-    return dataset
-
-
-def claim_run_folder_once(explicit, run, state, source, skipped, settings, config, procs):
-    """Rank 0 claims the run's folder (claim_run_folder); every rank learns whether it could,
-    and all refuse together. Returns the lock (None on the other ranks)."""
-    lock = error = None
-    if procs.main:
-        try:
-            lock = claim_run_folder(explicit, run, state, source, skipped, settings, config)
-        except UsageError as e:
-            error = e
-    if not procs.all_ok(error is None):
-        raise error or Quiet(EXIT_BAD_INPUT)
-    return lock
-
-
-def build_training_objects(explicit, settings, family, config, dataset, device, state, source,
-                           procs):
-    """(model, optimizer, scheduler, scaler, progress): new ones seeded by --seed, or the
-    checkpoint `state`'s, with the explicit overrides applied."""
-    if state is not None:
-        say(describe_resume(source, state))
-        change = describe_world_change(state, procs)
-        if change:
-            warn(change)
-        # Every weight comes from the checkpoint: skip the random initialisation (seconds for
-        # the large configs) by building on the meta device and allocating empty tensors.
-        with torch.device("meta"):
-            model = models.build_model(config)
-        model = model.to_empty(device=device)
-    else:
-        torch.manual_seed(settings["seed"])
-        model = models.build_model(config).to(device)
-        family.prepare_fresh_model(model, dataset)
-        if procs.rank > 0:
-            torch.manual_seed(rank_seed(settings["seed"], procs.rank))
-    steps_per_epoch = math.ceil(len(dataset.train) / settings["batch_size"])
-    optimizer, scheduler = build_optimizer(model, settings, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=settings["precision"] == "fp16")
-    if state is None:
-        return model, optimizer, scheduler, scaler, Progress.start(family.measures)
-    restore(state, model, optimizer, scheduler, settings, explicit, steps_per_epoch)
-    restore_rank_rng(state, settings, procs)
-    if scaler.is_enabled() and "scaler_state_dict" in state:
-        scaler.load_state_dict(state["scaler_state_dict"])
-    return model, optimizer, scheduler, scaler, Progress.from_checkpoint(state, family.measures)
