@@ -42,11 +42,33 @@ def read_lines(path):
         raise DataError(f"cannot read data file {path}: {e.strerror}") from None
 
 
-def split_indices(n, val_fraction, seed):
-    """(train indices, validation indices): a seeded shuffle, at least one of each."""
+def split_indices(n, val_fraction, seed, groups=None):
+    """(train indices, validation indices): a seeded shuffle, at least one of each.
+
+    With `groups` (a key per sample), the samples of a group never straddle the split:
+    validation takes whole groups, in the shuffled order of their members, until it holds
+    its share. Where every group has one sample this is the ungrouped split exactly.
+    """
     order = np.random.default_rng([seed, STREAM_SPLIT]).permutation(n)
     n_val = min(n - 1, max(1, round(n * val_fraction)))
-    return torch.from_numpy(np.sort(order[n_val:])), torch.from_numpy(np.sort(order[:n_val]))
+    if groups is None:
+        val = order[:n_val]
+    else:
+        members = {}
+        for i, key in enumerate(groups):
+            members.setdefault(key, []).append(i)
+        val, taken = [], set()
+        for i in order:
+            if len(val) >= n_val:
+                break
+            if groups[i] not in taken:
+                taken.add(groups[i])
+                val += members[groups[i]]
+        if len(val) == n:
+            raise DataError("every sample is the same duplex: none is left to train on")
+    in_val = np.zeros(n, dtype=bool)
+    in_val[np.asarray(val, dtype=np.int64)] = True
+    return torch.from_numpy(np.flatnonzero(~in_val)), torch.from_numpy(np.flatnonzero(in_val))
 
 
 def epoch_order(n, seed, epoch):
@@ -63,11 +85,21 @@ def fingerprint(*parts):
     return h.hexdigest()[:16]
 
 
-def split_dataset(samples, settings, fingerprint_, source, checkpoint_extras=None):
-    """A Dataset of `samples` split by --val-fraction and --seed, or DataError when there are
-    too few to train and validate (`source` names the input in that message)."""
+def split_dataset(samples, settings, fingerprint_, source, checkpoint_extras=None, groups=None):
+    """A Dataset of `samples` split by --val-fraction and --seed (by whole `groups` where
+    given), or DataError when there are too few to train and validate (`source` names the
+    input in that message)."""
     if len(samples) < 2:
         raise DataError(f"{source}: at least 2 samples are needed (one to train, one to "
                         f"validate), got {len(samples)}")
-    train, val = split_indices(len(samples), settings["val_fraction"], settings["seed"])
+    try:
+        train, val = split_indices(len(samples), settings["val_fraction"], settings["seed"],
+                                   groups)
+    except DataError as e:
+        raise DataError(f"{source}: {e}") from None
+    if groups is not None and not torch.equal(val, split_indices(
+            len(samples), settings["val_fraction"], settings["seed"])[1]):
+        # A run saved before splits were grouped trained on another split of the same data:
+        # it must not resume on this one as if nothing changed.
+        fingerprint_ = fingerprint(fingerprint_, "grouped split")
     return Dataset(samples, train, val, fingerprint_, checkpoint_extras or {})

@@ -8,8 +8,10 @@ import csv
 import numpy as np
 import torch
 
+import dft_data
 from data import STREAM_DNA, DataError, read_lines
-from tight_binding import MISSING, duplex_sites, full_complement
+from tight_binding import (GAMMA, MISSING, default_energy_grid, duplex_sites,
+                           full_complement)
 
 def synthetic_duplexes(n, seed, min_length=4, max_length=10, missing_rate=0.1):
     """`n` random duplexes; each complementary base is absent with probability `missing_rate`."""
@@ -24,15 +26,52 @@ def synthetic_duplexes(n, seed, min_length=4, max_length=10, missing_rate=0.1):
     return duplexes
 
 
-def load_duplexes(path, n_energies):
+ENERGY_ROW = "energy_eV"   # the `sequence` cell of the optional row that holds the energy grid
+
+
+def load_transport_data(path):
+    """(duplexes, targets, energies) for `--data PATH`: DFT records (dft_data.py: G3NAT pickles,
+    a folder of them, or a manifest CSV with a `spectrum` column), else a DNA CSV
+    (`load_duplexes`). targets and energies are None for a CSV without spectra."""
+    if dft_data.is_dft_source(path):
+        return _from_dft_records(dft_data.read_dft(path))
+    return load_duplexes(path)
+
+
+def _from_dft_records(records):
+    """One grid for all records (never resampled); the contacts the graphs know so far."""
+    first = records[0]
+    for record in records:
+        if len(record.energies) != len(first.energies):
+            raise DataError(f"{record.source}: {len(record.energies)} energies, but "
+                            f"{first.source} has {len(first.energies)}: the records of a data "
+                            f"set need one energy grid")
+        if not np.array_equal(record.energies, first.energies):
+            raise DataError(f"{record.source}: its energies differ from those of "
+                            f"{first.source}: the records of a data set need one energy grid")
+        default = dft_data.contacts_for_type("same", GAMMA, record.primary, record.complement,
+                                             record.source)
+        if tuple(record.contacts) != tuple(default):
+            raise DataError(f"{record.source}: contacts other than the primary strand's 5' and "
+                            f"3' bases at {GAMMA} eV are not supported yet")
+    duplexes = [(r.primary, r.complement) for r in records]
+    targets = np.stack([np.stack([np.log10(r.transmission), np.log10(r.dos)])
+                        for r in records])
+    return duplexes, targets, first.energies.copy()
+
+
+def load_duplexes(path):
     """Duplexes from a CSV with a `sequence` column (primary strand, 5'->3') and optionally a
     `complement` column (5'->3', '-' for a missing base; default: the full complement).
 
-    Precomputed spectra are used when the file has all of `log10_T_0..log10_T_{n-1}` and
-    `log10_DOS_0..` for the energy grid; otherwise the caller computes them.
+    Precomputed spectra are the columns `log10_T_0..log10_T_{K-1}` and `log10_DOS_0..` (the
+    same K); the file then defines the energy grid: K points, at the energies of an optional
+    row whose `sequence` is `energy_eV` (in the log10_T_k columns), else evenly from -3 to 3 eV.
+    Without spectra the caller computes them on its own grid.
 
     Returns:
-        (duplexes, targets or None) with targets a float64 array (N, 2, n_energies).
+        (duplexes, targets, energies): targets a float64 array (N, 2, K) and energies (K,),
+        or both None for a file without spectra.
     """
     rows = list(csv.reader(read_lines(path)))
     header = [h.strip().lower() for h in rows[0]] if rows else []
@@ -40,19 +79,21 @@ def load_duplexes(path, n_energies):
         raise DataError(f"{path} line 1: the header needs a 'sequence' column (got {header})")
     seq_col = header.index("sequence")
     comp_col = header.index("complement") if "complement" in header else None
-    spectra_names = [f"log10_{kind}_{k}" for kind in ("t", "dos") for k in range(n_energies)]
-    has_spectra = all(name in header for name in spectra_names)
-    if not has_spectra and any(h.startswith(("log10_t_", "log10_dos_")) for h in header):
-        raise DataError(f"{path} line 1: spectrum columns must be log10_T_0..log10_T_"
-                        f"{n_energies - 1} and log10_DOS_0..log10_DOS_{n_energies - 1}")
-    spectra_cols = [header.index(name) for name in spectra_names] if has_spectra else []
-    duplexes, targets = [], []
+    spectrum_cols = _spectrum_columns(path, header)
+    duplexes, targets, energies = [], [], None
     for number, row in enumerate(rows[1:], 2):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) < len(header):
             raise DataError(f"{path} line {number}: {len(row)} columns, the header has "
                             f"{len(header)}")
+        if row[seq_col].strip() == ENERGY_ROW and spectrum_cols:
+            grid = _numbers(path, number, [row[c] for c in spectrum_cols[0]])
+            if energies is not None or np.any(np.diff(grid) <= 0):
+                raise DataError(f"{path} line {number}: one {ENERGY_ROW} row is allowed, with "
+                                f"energies in increasing order")
+            energies = grid
+            continue
         primary = row[seq_col].strip().upper()
         if not primary or set(primary) - set("ATGC"):
             raise DataError(f"{path} line {number}: sequence {primary!r} must be A, T, G, C only")
@@ -64,15 +105,45 @@ def load_duplexes(path, n_energies):
             raise DataError(f"{path} line {number}: complement {complement!r} must pair with the "
                             f"sequence base by base ('{expected}', with '-' for a missing base)")
         duplexes.append((primary, complement))
-        if has_spectra:
-            try:
-                values = [float(row[c]) for c in spectra_cols]
-            except ValueError as e:
-                raise DataError(f"{path} line {number}: {e}") from None
-            targets.append(np.array(values).reshape(2, n_energies))
+        if spectrum_cols:
+            targets.append(np.stack([_numbers(path, number, [row[c] for c in columns])
+                                     for columns in spectrum_cols]))
     if not duplexes:
         raise DataError(f"{path}: no sequences")
-    return duplexes, (np.stack(targets) if has_spectra else None)
+    if not spectrum_cols:
+        return duplexes, None, None
+    if energies is None:
+        energies = default_energy_grid(len(spectrum_cols[0]))
+    return duplexes, np.stack(targets), energies
+
+
+def _spectrum_columns(path, header):
+    """([log10_T_0.. column indices], [log10_DOS_0.. indices]), or () without spectra; the
+    two must be 0..K-1 with the same K."""
+    found = {}
+    for index, name in enumerate(header):
+        for kind in ("t", "dos"):
+            prefix = f"log10_{kind}_"
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                found.setdefault(kind, {})[int(name[len(prefix):])] = index
+    if not found:
+        return ()
+    counts = {kind: len(found.get(kind, {})) for kind in ("t", "dos")}
+    for kind, columns in found.items():
+        if sorted(columns) != list(range(len(columns))):
+            raise DataError(f"{path} line 1: the log10_{kind.upper()}_k columns must be numbered "
+                            f"0..{len(columns) - 1} without gaps")
+    if counts["t"] != counts["dos"]:
+        raise DataError(f"{path} line 1: {counts['t']} log10_T columns but {counts['dos']} "
+                        f"log10_DOS columns: both spectra need one value per energy")
+    return tuple([found[kind][k] for k in range(counts[kind])] for kind in ("t", "dos"))
+
+
+def _numbers(path, number, cells):
+    try:
+        return np.array([float(cell) for cell in cells])
+    except ValueError as e:
+        raise DataError(f"{path} line {number}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ the decision and load the same file.
 import functools
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +227,8 @@ def check_disk_space(run, settings, config):
 # --------------------------------------------------------------------------------------------
 
 def load_dataset(family, settings, config, state, source):
-    """The run's data, from its family; refused when it is not what `state` trained on."""
+    """(the run's data, from its family; the config that fits it). Refused when the data is
+    not what `state` trained on."""
     try:
         dataset = family.load_dataset(settings, config)
     except data.DataError as e:
@@ -234,7 +236,12 @@ def load_dataset(family, settings, config, state, source):
     if state is not None and state.get("data_fingerprint") != dataset.fingerprint:
         raise UsageError(f"the data differs from what {source} was trained on "
                          f"({settings['data'] or 'built-in data'}); use --fresh or another --name")
-    return dataset
+    fitted = family.fit_config(config, dataset)
+    if state is not None and fitted != config:
+        differing = [f"{k} {v} vs {getattr(fitted, k)}" for k, v in asdict(config).items()
+                     if getattr(fitted, k) != v]
+        raise UsageError(f"{source} does not fit its data: {', '.join(differing)}")
+    return dataset, fitted
 
 
 def reserve_staging_memory(state, config, device, procs):

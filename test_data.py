@@ -87,12 +87,48 @@ def test_reader_names_file_and_line_of_a_bad_row(tmp_path):
 def test_dna_csv_with_and_without_spectra(tmp_path):
     path = tmp_path / "dna.csv"
     path.write_text("sequence,complement\nATGC,GCAT\nGGA,T-C\n")
-    duplexes, targets = dna.load_duplexes(path, 100)
-    assert duplexes == [("ATGC", "GCAT"), ("GGA", "T-C")] and targets is None
+    duplexes, targets, energies = dna.load_duplexes(path)
+    assert duplexes == [("ATGC", "GCAT"), ("GGA", "T-C")] and targets is None and energies is None
     bad = tmp_path / "bad.csv"
     bad.write_text("sequence,complement\nATGC,GCAA\n")
     with pytest.raises(data.DataError, match=r"bad\.csv line 2: complement 'GCAA'"):
-        dna.load_duplexes(bad, 100)
+        dna.load_duplexes(bad)
+
+
+def spectra_csv(path, n_t, n_dos=None, energies=None, rows=(("ATGC", -1.0),)):
+    """A DNA CSV with n_t log10_T and n_dos log10_DOS columns (constant values per row)."""
+    n_dos = n_t if n_dos is None else n_dos
+    header = ["sequence"] + [f"log10_T_{k}" for k in range(n_t)] + [
+        f"log10_DOS_{k}" for k in range(n_dos)]
+    lines = [",".join(header)]
+    if energies is not None:
+        lines.append(",".join(["energy_eV"] + [repr(e) for e in energies] * 2))
+    lines += [",".join([seq] + [str(v)] * (n_t + n_dos)) for seq, v in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_dna_csv_defines_its_energy_grid_by_its_spectra(tmp_path):
+    # 201 energies, like the DFT spectra: never cut to the 100 of the default grid.
+    duplexes, targets, energies = dna.load_duplexes(spectra_csv(tmp_path / "a.csv", 201))
+    assert targets.shape == (1, 2, 201)
+    assert np.array_equal(energies, tight_binding.default_energy_grid(201))
+    dft_grid = np.linspace(-6.303145, -4.303145, 201).tolist()
+    _, _, energies = dna.load_duplexes(spectra_csv(tmp_path / "b.csv", 201, energies=dft_grid))
+    assert energies.tolist() == dft_grid
+
+
+def test_spectra_that_do_not_match_are_refused_naming_file_line_and_lengths(tmp_path):
+    with pytest.raises(data.DataError, match=r"c\.csv line 1: 201 log10_T columns but 100 "
+                                             r"log10_DOS columns"):
+        dna.load_duplexes(spectra_csv(tmp_path / "c.csv", 201, 100))
+    short = tmp_path / "d.csv"
+    short.write_text(spectra_csv(tmp_path / "d.csv", 4).read_text() + "GGCC,1,2,3\n")
+    with pytest.raises(data.DataError, match=r"d\.csv line 3: 4 columns, the header has 9"):
+        dna.load_duplexes(short)
+    with pytest.raises(data.DataError, match=r"e\.csv line 2: one energy_eV row is allowed, "
+                                             r"with energies in increasing order"):
+        dna.load_duplexes(spectra_csv(tmp_path / "e.csv", 3, energies=[1.0, 0.0, 2.0]))
 
 
 # ------------------------------------------------------------------------------------------
@@ -125,3 +161,25 @@ def test_real_vh_are_valid_and_shuffled_ones_are_not(name):
     rng = random.Random(0)
     shuffled = ["".join(rng.sample(s, len(s))) for s in sequences]
     assert metrics.validity(shuffled) < 0.01
+
+
+def test_records_of_one_duplex_never_straddle_the_split():
+    # 12 duplexes, each three times (as with other contacts or runs).
+    groups = [i // 3 for i in range(36)]
+    for seed in range(5):
+        train, val = data.split_indices(36, 0.25, seed, groups=groups)
+        assert not {groups[i] for i in train} & {groups[i] for i in val}
+        assert len(val) == 9 and len(train) + len(val) == 36
+    # One sample per duplex: exactly the plain split, so runs of such data are unchanged.
+    plain = data.split_indices(50, 0.1, 3)
+    grouped = data.split_indices(50, 0.1, 3, groups=[f"d{i}" for i in range(50)])
+    assert all(torch.equal(a, b) for a, b in zip(plain, grouped))
+
+
+def test_the_built_in_duplexes_split_by_duplex():
+    duplexes = dna.synthetic_duplexes(2000, 0)
+    assert len(set(duplexes)) < 2000   # short duplexes repeat: 70 of 2000 for seed 0
+    dataset = data.split_dataset(list(range(2000)), {"val_fraction": 0.1, "seed": 0}, "x", "t",
+                                 groups=duplexes)
+    assert not ({duplexes[i] for i in dataset.train} & {duplexes[i] for i in dataset.val})
+    assert dataset.fingerprint != "x"   # it differs from the ungrouped split: a new fingerprint

@@ -251,3 +251,75 @@ def test_gnn_checkpoint_carries_the_energy_grid(tmp_path):
     state = load(tmp_path / "checkpoints" / "gnn_tiny_latest.pt")
     assert torch.equal(state["energy_grid"], torch.from_numpy(np.linspace(-3, 3, 100)))
     assert state["config"]["model"] == "gnn"
+
+
+def test_a_gnn_trains_predicts_and_resumes_on_the_energy_grid_of_its_data(tmp_path, capsys):
+    """201 energies from a file (the DFT grids' size, in absolute eV) make a 201-energy model
+    and checkpoint; --predict writes the same grid; the run resumes on it."""
+    grid = np.linspace(-6.303145, -4.303145, 201)
+    rng = np.random.default_rng(0)
+    header = ["sequence"] + [f"log10_T_{k}" for k in range(201)] + [
+        f"log10_DOS_{k}" for k in range(201)]
+    lines = [",".join(header), ",".join(["energy_eV"] + [repr(float(e)) for e in grid] * 2)]
+    for sequence in ("ACGT", "GGCA", "TTAG", "CATG", "AAAC", "GCGC"):
+        lines.append(",".join([sequence] + [f"{v:.4f}" for v in rng.normal(-5, 1, 402)]))
+    path = tmp_path / "dft.csv"
+    path.write_text("\n".join(lines) + "\n")
+    args = [*GNN_ARGS, "--data", path, "--checkpoint-dir", tmp_path / "runs"]
+    assert run_main([*args, "--epochs", 1]) == 0
+    state = load(tmp_path / "runs" / "gnn_tiny_latest.pt")
+    assert state["config"]["n_energies"] == 201
+    assert torch.equal(state["energy_grid"], torch.from_numpy(grid))
+    assert run_main(["--predict", "ACGTAC", "--checkpoint-dir", tmp_path / "runs",
+                     "--output", tmp_path / "p.csv"]) == 0
+    assert "201 energies from -6.30314 to -4.30314 eV" in capsys.readouterr().out
+    assert run_main([*args, "--epochs", 2]) == 0
+    assert "Resuming from" in capsys.readouterr().out
+
+
+def write_dft_folder(folder, spectra, contacts=None):
+    """A manifest CSV (dft_data.py's folder format) of (sequence, energies, T, DOS) records."""
+    folder.mkdir()
+    lines = ["sequence,contacts,spectrum"]
+    for n, (sequence, energies, transmission, dos) in enumerate(spectra):
+        rows = ["energy_eV,transmission,dos"] + [
+            f"{float(e)!r},{float(t)!r},{float(d)!r}" for e, t, d in
+            zip(energies, transmission, dos)]
+        (folder / f"s{n}.csv").write_text("\n".join(rows) + "\n")
+        lines.append(f"{sequence},{(contacts or {}).get(n, '')},s{n}.csv")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.csv"
+
+
+def synthetic_spectra(sequences, energies, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(s, energies, 10 ** rng.uniform(-8, -2, len(energies)),
+             rng.uniform(0.5, 9, len(energies))) for s in sequences]
+
+
+def test_a_gnn_trains_on_dft_records_of_a_manifest_at_their_energies(tmp_path):
+    grid = np.linspace(-6.303145, -4.303145, 201)
+    manifest = write_dft_folder(tmp_path / "dft", synthetic_spectra(
+        ["AAAC", "GCGC", "ATTA", "CCGA", "TGCA", "GATC"], grid))
+    args = [*GNN_ARGS, "--data", manifest, "--checkpoint-dir", tmp_path / "runs", "--epochs", 1]
+    assert run_main(args) == 0
+    state = load(tmp_path / "runs" / "gnn_tiny_latest.pt")
+    assert torch.equal(state["energy_grid"], torch.from_numpy(grid))
+    assert state["config"]["n_energies"] == 201
+
+
+def test_dft_records_of_two_grids_or_other_contacts_are_refused(tmp_path, capsys):
+    grid = np.linspace(-6.3, -4.3, 201)
+    spectra = synthetic_spectra(["AAAC", "GCGC", "ATTA"], grid)
+    spectra[2] = synthetic_spectra(["ATTA"], np.linspace(-6.3, -4.3, 100))[0]
+    manifest = write_dft_folder(tmp_path / "two_grids", spectra)
+    assert run_main([*GNN_ARGS, "--data", manifest, "--epochs", 1]) == 2
+    assert capsys.readouterr().err == (
+        f"train.py: error: {manifest} line 4: 100 energies, but {manifest} line 2 has 201: "
+        f"the records of a data set need one energy grid\n")
+    manifest = write_dft_folder(tmp_path / "cross", synthetic_spectra(["AAAC", "GCGC"], grid),
+                                contacts={1: "cross"})
+    assert run_main([*GNN_ARGS, "--data", manifest, "--epochs", 1]) == 2
+    assert "line 3: contacts other than the primary strand's 5' and 3' bases at 0.1 eV are " \
+           "not supported yet" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()

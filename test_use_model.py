@@ -79,12 +79,14 @@ def test_predict_from_the_command_line_and_from_a_file(finished_run, tmp_path, c
     assert "100 energies from -3 to 3 eV" in said
     rows = list(csv.reader(out.open()))
     assert rows[0][:3] == ["sequence", "complement", "log10_T_0"] and len(rows[0]) == 202
-    assert [r[:2] for r in rows[1:]] == [["ACGTAC", "GTACGT"], ["GGCC", "GGCC"]]
+    assert rows[1][0] == "energy_eV"   # the grid, exactly: the file defines its own
+    assert [r[:2] for r in rows[2:]] == [["ACGTAC", "GTACGT"], ["GGCC", "GGCC"]]
     # The numbers are the model's: the file round-trips through --data's reader.
-    model, _ = use_model.load_model(finished_run / "gnn_tiny_best.pt", "gnn")
+    model, state = use_model.load_model(finished_run / "gnn_tiny_best.pt", "gnn")
     expected = gnn.predict(model, [("ACGTAC", "GTACGT"), ("GGCC", "GGCC")])
-    duplexes, spectra = dna.load_duplexes(out, 100)
+    duplexes, spectra, energies = dna.load_duplexes(out)
     np.testing.assert_allclose(spectra, expected, rtol=1e-5)
+    assert np.array_equal(energies, state["energy_grid"].numpy())
 
     listing = tmp_path / "seqs.txt"
     listing.write_text("ACGTAC\n\nGGCC\n")

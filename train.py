@@ -79,8 +79,9 @@ def _add_model_and_data_flags(p):
                    help="size from the table in models.py (default tiny)")
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="PATH",
-                   help="antibody FASTA/CSV/TXT, or DNA CSV with a 'sequence' column "
-                        "(default: built-in data generated from --seed)")
+                   help="antibody FASTA/CSV/TXT; DNA CSV with a 'sequence' column, G3NAT "
+                        "pickle(s) or a DFT manifest CSV (default: built-in data generated "
+                        "from --seed)")
     g.add_argument("--num-samples", "--num_samples", type=int, metavar="N",
                    help="size of the built-in data set (default 2000)")
     g.add_argument("--val-fraction", "--val_fraction", type=float, metavar="F",
@@ -481,7 +482,7 @@ def run_training(explicit, stop, procs):
     config = models.config_from_dict(state["config"]) if state else models.get_config(
         settings["model"], settings["config"])
     staging_memory = startup.reserve_staging_memory(state, config, device, procs)
-    dataset = startup.load_dataset(family, settings, config, state, source)
+    dataset, config = startup.load_dataset(family, settings, config, state, source)
     check(settings["batch_size"] >= procs.world_size,
           f"--batch-size {settings['batch_size']} is smaller than the {procs.world_size} "
           f"processes that share each batch")

@@ -51,6 +51,11 @@ class Family:
         settings["num_samples"], or settings["data"]; data.DataError for a bad file."""
         raise NotImplementedError
 
+    def fit_config(self, config, dataset):
+        """The config a new run of this data trains (e.g. the data's number of energies);
+        the table's row unchanged by default."""
+        return config
+
     def prepare_fresh_model(self, model, dataset):
         """Set what a new model takes from its training data (not called on resume)."""
 

@@ -7,6 +7,7 @@ predicted against true T(E). `--predict` writes a trained model's spectra as CSV
 """
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -28,22 +29,33 @@ class TransportGNNFamily(Family):
     use_output = "{name}_predictions.csv"
 
     def load_dataset(self, settings, config):
+        """The built-in duplexes with spectra computed on the config's grid, or a DNA CSV:
+        with spectra, the file's own grid; without, spectra computed on the config's."""
         path = settings["data"]
-        grid = tight_binding.default_energy_grid(config.n_energies)
-        targets = None
+        targets = grid = None
         if path:
-            duplexes, targets = dna.load_duplexes(path, config.n_energies)
+            duplexes, targets, grid = dna.load_transport_data(path)
         else:
             duplexes = dna.synthetic_duplexes(settings["num_samples"], settings["seed"])
         # Spectra computed here are not part of the fingerprint: they depend on the machine's
-        # floating point library at the last bit, and a run may move between machines.
-        fingerprint = data.fingerprint("dna", duplexes,
-                                       None if targets is None else targets.tobytes())
+        # floating point library at the last bit, and a run may move between machines. A grid
+        # the file states (not the default one of its size) is.
+        parts = ["dna", duplexes, None if targets is None else targets.tobytes()]
+        if grid is not None and not np.array_equal(grid, tight_binding.default_energy_grid(
+                len(grid))):
+            parts.append(grid.tobytes())
         if targets is None:
+            grid = tight_binding.default_energy_grid(config.n_energies)
             targets = tight_binding.log_spectra(duplexes, grid)
-        return data.split_dataset(dna.GraphData(duplexes, targets), settings, fingerprint,
-                                  path or "built-in data",
-                                  {"energy_grid": torch.from_numpy(grid)})
+        # Records of one duplex (the same strands with other contacts, or another run) stay on
+        # one side of the split: otherwise validation would score memorised duplexes.
+        return data.split_dataset(dna.GraphData(duplexes, targets), settings,
+                                  data.fingerprint(*parts), path or "built-in data",
+                                  {"energy_grid": torch.from_numpy(grid)}, groups=duplexes)
+
+    def fit_config(self, config, dataset):
+        """The model predicts one value per energy of the data's grid."""
+        return replace(config, n_energies=len(dataset.checkpoint_extras["energy_grid"]))
 
     def prepare_fresh_model(self, model, dataset):
         # The model predicts standardised spectra: the scale comes from the training targets.
@@ -97,15 +109,15 @@ class TransportGNNFamily(Family):
 
     def use_trained(self, explicit, model, state, settings, where):
         """--predict SEQUENCES|FILE: CSV of predicted log10 T(E) and log10 DOS(E)."""
-        duplexes = read_duplexes(explicit["predict"], model.config.n_energies)
+        duplexes = read_duplexes(explicit["predict"])
         spectra = predict(model, duplexes)
         grid = state["energy_grid"].numpy()
         report = (f"Predicted log10 T(E) and log10 DOS(E) for {len(duplexes)} duplexes with "
                   f"{where}, {len(grid)} energies from {grid[0]:g} to {grid[-1]:g} eV")
-        return predictions_csv(duplexes, spectra), report
+        return predictions_csv(duplexes, spectra, grid), report
 
 
-def read_duplexes(text, n_energies):
+def read_duplexes(text):
     """Duplexes (primary, full complement) from comma-separated sequences given on the command
     line, or from a file: a CSV with a `sequence` column (and optionally `complement`), or one
     sequence per line.
@@ -117,7 +129,7 @@ def read_duplexes(text, n_energies):
         with open(text, encoding="utf-8", errors="replace") as f:
             first = f.readline().strip().lower()
         if "sequence" in first.split(","):
-            return dna.load_duplexes(text, n_energies)[0]
+            return dna.load_duplexes(text)[0]
         with open(text, encoding="utf-8", errors="replace") as f:
             rows = [(n, line.strip().upper()) for n, line in enumerate(f, 1) if line.strip()]
         where = {s: f"{text} line {n}" for n, s in rows}
@@ -142,12 +154,14 @@ def predict(model, duplexes):
     return torch.cat(out).double().numpy()
 
 
-def predictions_csv(duplexes, spectra):
-    """The CSV format `--data` reads: sequence, complement, log10_T_0.., log10_DOS_0.."""
+def predictions_csv(duplexes, spectra, energies):
+    """The CSV format `--data` reads: sequence, complement, log10_T_0.., log10_DOS_0.., with
+    the energy grid in its `energy_eV` row."""
     n = spectra.shape[2]
     header = ["sequence", "complement"] + [f"log10_T_{k}" for k in range(n)] + [
         f"log10_DOS_{k}" for k in range(n)]
-    lines = [",".join(header)]
+    grid = [repr(float(e)) for e in energies]
+    lines = [",".join(header), ",".join([dna.ENERGY_ROW, ""] + grid + grid)]
     for (primary, complement), values in zip(duplexes, spectra):
         lines.append(",".join([primary, complement] + [f"{v:.6g}" for v in values.ravel()]))
     return "\n".join(lines) + "\n"
