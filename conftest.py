@@ -20,8 +20,10 @@ TRANSFORMER_ARGS = ("--num-samples", "160", "--batch-size", "16", "--eval-sample
                     "--checkpoint-every-minutes", "0")
 GNN_ARGS = ("--model", "gnn", "--num-samples", "300", "--batch-size", "16",
             "--checkpoint-every-minutes", "0")
-MODEL_ARGS = {"transformer": TRANSFORMER_ARGS, "gnn": GNN_ARGS}
-RUN_NAME = {"transformer": "transformer_tiny", "gnn": "gnn_tiny"}
+HGNN_ARGS = ("--model", "hgnn", "--num-samples", "300", "--batch-size", "16",
+             "--checkpoint-every-minutes", "0")
+MODEL_ARGS = {"transformer": TRANSFORMER_ARGS, "gnn": GNN_ARGS, "hgnn": HGNN_ARGS}
+RUN_NAME = {"transformer": "transformer_tiny", "gnn": "gnn_tiny", "hgnn": "hgnn_tiny"}
 
 
 def train_command(args, fault=None, nproc=1):

@@ -1,6 +1,7 @@
 """Using a trained model: `train.py --sample N` and `--predict ...` read a checkpoint, hand the
 model to its family (families/), which samples or predicts, and write the family's output
-(FASTA, CSV). They never write to the run's checkpoints.
+(FASTA, CSV, and any companion file the family adds). They never write to the run's
+checkpoints.
 """
 
 from pathlib import Path
@@ -50,11 +51,17 @@ def use_trained_model(explicit):
     where = f"{path} (epoch {state['epoch']}, val loss {val})"
     output = Path(explicit.get("output") or folder / family.use_output.format(name=run_name))
     try:
-        text, report = family.use_trained(explicit, model, state,
-                                          merge_settings({}, state["args"]), where)
+        text, report, *more = family.use_trained(explicit, model, state,
+                                                 merge_settings({}, state["args"]), where)
     except data.DataError as e:
         raise UsageError(str(e)) from None
+    # Companion files go next to the output: its name with the family's suffix for the
+    # extension (p.csv -> p_hamiltonians.json), so each output keeps its own.
+    companions = {output.with_name(output.stem + suffix): content
+                  for suffix, content in (more[0] if more else {}).items()}
     check_writable_folder(output.parent, "--output")
     ckpt.write_text(output, text)
-    print(f"{report}; written to {output}")
+    for path, content in companions.items():
+        ckpt.write_text(path, content)
+    print(f"{report}; written to {' and '.join(str(p) for p in [output, *companions])}")
     return EXIT_OK

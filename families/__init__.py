@@ -75,14 +75,17 @@ class Family:
         """Figures beyond the learning curves, when matplotlib is installed; OSError may
         escape (the loop warns)."""
 
-    def use_trained(self, explicit, model, state, where, output):
-        """Do --sample or --predict with a loaded model; returns the exit code."""
+    def use_trained(self, explicit, model, state, settings, where):
+        """Do --sample or --predict with a loaded model (`where`: the checkpoint, as the report
+        names it). Returns (output text, report line), or (output text, report line,
+        {suffix: text}) for companion files, each written next to the output as its name
+        with the suffix in place of its extension; data.DataError for bad input."""
         raise NotImplementedError
 
 
 # The registry: `--model NAME` is the module families/NAME.py, whose FAMILY is its Family. The
 # order is that of --help and of the default (the first).
-REGISTERED = ("transformer", "gnn")
+REGISTERED = ("transformer", "gnn", "hgnn")
 FAMILIES = {name: importlib.import_module(f"families.{name}").FAMILY for name in REGISTERED}
 NAMES = tuple(FAMILIES)
 
