@@ -244,7 +244,12 @@ def stop_requeue_and_restart(tmp_path, script, env):
     stopped = ckpt.load_checkpoint(tmp_path / "checkpoints" / "gnn_tiny_latest.pt")
     assert stopped["global_step"] == int(step.group(1)) > 20
 
-    # SLURM starts the requeued job with the same script and arguments.
+    # SLURM starts the requeued job with the same script and arguments. A rendezvous port of
+    # its own, as a new allocation would have: with the first job's port reused at once, the
+    # restart of the two stand-in nodes sometimes hung past the timeout (in about 1 of 4 full
+    # runs; suspected: the killed job's rendezvous endpoint still holding it).
+    if "RDZV_PORT" in env:
+        env = {**env, "RDZV_PORT": str(free_port())}
     restart = subprocess.run([*command, *map(str, args)], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
     assert restart.returncode == 0, restart.stdout + restart.stderr
