@@ -60,26 +60,11 @@ import numpy as np
 from data import DataError, read_lines
 from tight_binding import COMPLEMENT as PAIR
 from tight_binding import GAMMA as DEFAULT_GAMMA   # 0.1 eV, G3NAT's default coupling too
-from tight_binding import MISSING, full_complement
+from tight_binding import MISSING, Contact, full_complement
 
 SPECTRUM_HEADER = ("energy_eV", "transmission", "dos")
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 G3NAT_REQUIRED = ("sequence", "Egrid", "T", "DOS")
-
-
-@dataclass(frozen=True)
-class Contact:
-    """One electrode-to-base coupling: `base` is the 0-based 5'->3' index on `strand`."""
-    electrode: str      # "left" | "right"
-    strand: str         # "primary" | "complement"
-    base: int
-    gamma: float        # eV, > 0
-
-    def __post_init__(self):
-        if self.electrode not in ("left", "right") or self.strand not in ("primary",
-                                                                           "complement"):
-            raise ValueError(f"Contact({self.electrode!r}, {self.strand!r}, ...): electrode is "
-                             f"'left' or 'right', strand 'primary' or 'complement'")
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,7 +162,8 @@ def parse_contacts(text, primary, complement, where):
     Syntax: entries separated by ';', each `ELECTRODE:SITE[,SITE...][@GAMMA]`:
         ELECTRODE   L or R (or left, right; any case)
         SITE        p<i> for primary base i, c<i> for complementary base i (0-based, each strand
-                    counted 5'->3' as written)
+                    counted 5'->3' as written); p-<i>, c-<i> count from the 3' end (p-1 is
+                    the primary strand's last base), so one spec fits duplexes of any length
         GAMMA       coupling in eV (> 0) for every site of the entry; default 0.1
     An electrode may have several entries (several sites, different couplings), e.g.
     `L:p0,c3@0.2;R:p3;R:c0@0.05`. The whole cell may instead be `same` or `cross` (optionally
@@ -215,10 +201,17 @@ def parse_contacts(text, primary, complement, where):
         for token in sites.split(","):
             token = token.strip()
             strand = _STRANDS.get(token[:1].lower())
-            if strand is None or not (token[1:].isascii() and token[1:].isdigit()):
+            digits = token[2:] if token[1:2] == "-" else token[1:]
+            if strand is None or not (digits.isascii() and digits.isdigit()):
                 raise DataError(f"{where}: contacts: site {token!r} in {entry!r} is not p<i> "
                                 f"(primary base i) or c<i> (complementary base i)")
-            base = int(token[1:])
+            base = int(digits)
+            if token[1:2] == "-":   # counted from the 3' end: p-1 is the last base
+                length = len(primary)   # both strands have the primary's length
+                if not 1 <= base <= length:
+                    raise DataError(f"{where}: contacts: site {token} is out of range (counted "
+                                    f"from the 3' end: {token[0]}-1..{token[0]}-{length})")
+                base = length - base
             _site(primary, complement, strand, base, where)
             if any(c.strand == strand and c.base == base for c in contacts[electrode]):
                 raise DataError(f"{where}: contacts: the {electrode} electrode touches "
@@ -229,6 +222,15 @@ def parse_contacts(text, primary, complement, where):
             raise DataError(f"{where}: contacts: {text!r}: the {electrode} electrode has no "
                             f"contact (add e.g. {letter}:p0@0.1)")
     return tuple(contacts["left"] + contacts["right"])
+
+
+def format_contacts(contacts):
+    """The `contacts` cell that parse_contacts reads back as `contacts` ('' for None, the
+    default placement): one `L:p0@0.1` entry per contact, the coupling exact."""
+    if contacts is None:
+        return ""
+    return ";".join(f"{c.electrode[0].upper()}:{c.strand[0]}{c.base}@{c.gamma!r}"
+                    for c in contacts)
 
 
 # ------------------------------------------------------------------------------------------

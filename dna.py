@@ -4,14 +4,15 @@ its spectra is in tight_binding.py.
 """
 
 import csv
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 import dft_data
 from data import STREAM_DNA, DataError, read_lines
-from tight_binding import (GAMMA, MISSING, default_energy_grid, duplex_sites,
-                           full_complement)
+from tight_binding import (MISSING, contact_sites, default_contacts,
+                           default_energy_grid, duplex_sites, full_complement)
 
 def synthetic_duplexes(n, seed, min_length=4, max_length=10, missing_rate=0.1):
     """`n` random duplexes; each complementary base is absent with probability `missing_rate`."""
@@ -29,17 +30,34 @@ def synthetic_duplexes(n, seed, min_length=4, max_length=10, missing_rate=0.1):
 ENERGY_ROW = "energy_eV"   # the `sequence` cell of the optional row that holds the energy grid
 
 
+class TransportData(NamedTuple):
+    """What a DNA data file holds. `contacts` has one entry per duplex: a tuple of
+    tight_binding.Contact, or None for the default placement (primary strand's 5' and 3'
+    bases, 0.1 eV). `targets` (N, 2, K) log10 T and log10 DOS and `energies` (K,) are None
+    for a file without spectra."""
+    duplexes: list
+    targets: object
+    energies: object
+    contacts: list
+
+
+def normalised_contacts(primary, contacts):
+    """None for the default placement, else the contacts: one spelling for each case, so that
+    a file stating the default contacts is the same data as one leaving them out."""
+    return None if contacts is None or tuple(contacts) == default_contacts(primary) else (
+        tuple(contacts))
+
+
 def load_transport_data(path):
-    """(duplexes, targets, energies) for `--data PATH`: DFT records (dft_data.py: G3NAT pickles,
-    a folder of them, or a manifest CSV with a `spectrum` column), else a DNA CSV
-    (`load_duplexes`). targets and energies are None for a CSV without spectra."""
+    """TransportData for `--data PATH`: DFT records (dft_data.py: G3NAT pickles, a folder of
+    them, or a manifest CSV with a `spectrum` column), else a DNA CSV (`load_duplexes`)."""
     if dft_data.is_dft_source(path):
         return _from_dft_records(dft_data.read_dft(path))
     return load_duplexes(path)
 
 
 def _from_dft_records(records):
-    """One grid for all records (never resampled); the contacts the graphs know so far."""
+    """One grid for all records (never resampled); each record's own contacts."""
     first = records[0]
     for record in records:
         if len(record.energies) != len(first.energies):
@@ -49,20 +67,18 @@ def _from_dft_records(records):
         if not np.array_equal(record.energies, first.energies):
             raise DataError(f"{record.source}: its energies differ from those of "
                             f"{first.source}: the records of a data set need one energy grid")
-        default = dft_data.contacts_for_type("same", GAMMA, record.primary, record.complement,
-                                             record.source)
-        if tuple(record.contacts) != tuple(default):
-            raise DataError(f"{record.source}: contacts other than the primary strand's 5' and "
-                            f"3' bases at {GAMMA} eV are not supported yet")
     duplexes = [(r.primary, r.complement) for r in records]
     targets = np.stack([np.stack([np.log10(r.transmission), np.log10(r.dos)])
                         for r in records])
-    return duplexes, targets, first.energies.copy()
+    contacts = [normalised_contacts(r.primary, r.contacts) for r in records]
+    return TransportData(duplexes, targets, first.energies.copy(), contacts)
 
 
 def load_duplexes(path):
     """Duplexes from a CSV with a `sequence` column (primary strand, 5'->3') and optionally a
-    `complement` column (5'->3', '-' for a missing base; default: the full complement).
+    `complement` column (5'->3', '-' for a missing base; default: the full complement) and a
+    `contacts` column (dft_data.parse_contacts' syntax, e.g. `L:p0;R:c0@0.2`; empty: the
+    primary strand's 5' and 3' bases at 0.1 eV).
 
     Precomputed spectra are the columns `log10_T_0..log10_T_{K-1}` and `log10_DOS_0..` (the
     same K); the file then defines the energy grid: K points, at the energies of an optional
@@ -70,8 +86,8 @@ def load_duplexes(path):
     Without spectra the caller computes them on its own grid.
 
     Returns:
-        (duplexes, targets, energies): targets a float64 array (N, 2, K) and energies (K,),
-        or both None for a file without spectra.
+        TransportData: targets a float64 array (N, 2, K) and energies (K,), or both None for a
+        file without spectra.
     """
     rows = list(csv.reader(read_lines(path)))
     header = [h.strip().lower() for h in rows[0]] if rows else []
@@ -79,8 +95,9 @@ def load_duplexes(path):
         raise DataError(f"{path} line 1: the header needs a 'sequence' column (got {header})")
     seq_col = header.index("sequence")
     comp_col = header.index("complement") if "complement" in header else None
+    contacts_col = header.index("contacts") if "contacts" in header else None
     spectrum_cols = _spectrum_columns(path, header)
-    duplexes, targets, energies = [], [], None
+    duplexes, targets, energies, contacts = [], [], None, []
     for number, row in enumerate(rows[1:], 2):
         if not any(cell.strip() for cell in row):
             continue
@@ -105,16 +122,19 @@ def load_duplexes(path):
             raise DataError(f"{path} line {number}: complement {complement!r} must pair with the "
                             f"sequence base by base ('{expected}', with '-' for a missing base)")
         duplexes.append((primary, complement))
+        contacts.append(None if contacts_col is None else normalised_contacts(
+            primary, dft_data.parse_contacts(row[contacts_col], primary, complement,
+                                             f"{path} line {number}")))
         if spectrum_cols:
             targets.append(np.stack([_numbers(path, number, [row[c] for c in columns])
                                      for columns in spectrum_cols]))
     if not duplexes:
         raise DataError(f"{path}: no sequences")
     if not spectrum_cols:
-        return duplexes, None, None
+        return TransportData(duplexes, None, None, contacts)
     if energies is None:
         energies = default_energy_grid(len(spectrum_cols[0]))
-    return duplexes, np.stack(targets), energies
+    return TransportData(duplexes, np.stack(targets), energies, contacts)
 
 
 def _spectrum_columns(path, header):
@@ -156,11 +176,14 @@ NUM_EDGE_TYPES = 4
 _BASE_FEATURE = {"A": 0, "T": 1, "G": 2, "C": 3}
 
 
-def duplex_graph(primary, complement):
-    """(node features (n, 7), edges (2, e) as (source, target), edge types (e,)) for a duplex.
+def duplex_graph(primary, complement, contacts=None):
+    """(node features (n, 7), edges (2, e) as (source, target), edge types (e,), edge gammas
+    (e,)) for a duplex.
 
     Node 0 is the left electrode, node 1 the right one, then the duplex's sites in the order of
-    `duplex_sites`. Every edge appears in both directions.
+    `duplex_sites`. Every edge appears in both directions. An electrode has one contact edge
+    to each site it touches (`contacts`, default: the primary strand's 5' and 3' bases), which
+    carries that contact's coupling gamma in eV; other edges carry 0.
     """
     bases, couplings = duplex_sites(primary, complement)
     x = np.zeros((len(bases) + 2, NODE_FEATURES), dtype=np.float32)
@@ -174,20 +197,25 @@ def duplex_graph(primary, complement):
             edges += [(i + 2, j + 2, EDGE_BACKBONE_5TO3), (j + 2, i + 2, EDGE_BACKBONE_3TO5)]
         else:
             edges += [(i + 2, j + 2, EDGE_HBOND), (j + 2, i + 2, EDGE_HBOND)]
-    right = len(primary) + 1
-    edges += [(0, 2, EDGE_CONTACT), (2, 0, EDGE_CONTACT),
-              (1, right, EDGE_CONTACT), (right, 1, EDGE_CONTACT)]
+    gammas = [0.0] * len(edges)
+    for electrode, site, gamma in contact_sites(primary, complement,
+                                                contacts or default_contacts(primary)):
+        node = 0 if electrode == "left" else 1
+        edges += [(node, site + 2, EDGE_CONTACT), (site + 2, node, EDGE_CONTACT)]
+        gammas += [gamma, gamma]
     e = np.array(edges, dtype=np.int64)
-    return x, e[:, :2].T.copy(), e[:, 2].copy()
+    return x, e[:, :2].T.copy(), e[:, 2].copy(), np.array(gammas)
 
 
 class GraphData:
     """All duplex graphs packed into flat tensors; a batch gathers graphs into one disjoint
     graph with vectorised index arithmetic (no Python loop over the graphs of a batch)."""
 
-    def __init__(self, duplexes, targets):
-        graphs = [duplex_graph(p, c) for p, c in duplexes]
+    def __init__(self, duplexes, targets, contacts=None):
+        contacts = contacts or [None] * len(duplexes)
+        graphs = [duplex_graph(p, c, k) for (p, c), k in zip(duplexes, contacts)]
         self.duplexes = list(duplexes)
+        self.contacts = list(contacts)
         self.node_count = torch.tensor([g[0].shape[0] for g in graphs])
         self.edge_count = torch.tensor([g[1].shape[1] for g in graphs])
         self.node_start = torch.cumsum(self.node_count, 0) - self.node_count
@@ -195,6 +223,7 @@ class GraphData:
         self.x = torch.from_numpy(np.concatenate([g[0] for g in graphs]))
         self.edges = torch.from_numpy(np.concatenate([g[1] for g in graphs], axis=1))  # local ids
         self.edge_type = torch.from_numpy(np.concatenate([g[2] for g in graphs]))
+        self.edge_gamma = torch.from_numpy(np.concatenate([g[3] for g in graphs]))  # float64
         self.targets = torch.as_tensor(targets, dtype=torch.float32)
 
     def __len__(self):
@@ -217,6 +246,7 @@ class GraphData:
             "x": self.x[nodes],
             "edge_index": edge_index,
             "edge_type": self.edge_type[edge_ids],
+            "contact_gamma": self.edge_gamma[edge_ids],
             "inv_degree": (1.0 / in_degree.float()).unsqueeze(1),
             "graph": graph,
             "inv_nodes": (1.0 / self.node_count[indices].float()).unsqueeze(1),

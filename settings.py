@@ -24,13 +24,15 @@ COMMON_DEFAULTS = {
     "eval_interval": 1, "eval_samples": 100, "name": None, "checkpoint_dir": "checkpoints",
     "checkpoint_frequency": 1, "checkpoint_every_steps": 0, "checkpoint_every_minutes": 10.0,
     "output_dir": None, "precision": "fp32", "keep_last": None, "keep_every": None,
+    # A family with a choice of loss (Family.losses) sets these two in its defaults.
+    "loss": None, "huber_delta": None,
 }
 # Every family sets these in its `defaults`.
 FAMILY_SETTINGS = ("num_samples", "epochs", "batch_size", "lr", "warmup_steps")
 SETTINGS = tuple(COMMON_DEFAULTS) + FAMILY_SETTINGS
 # What makes a run this run: a resume that asks for different values is refused.
 RUN_IDENTITY = ("model", "config", "data", "num_samples", "val_fraction", "seed",
-                "lr_schedule", "warmup_steps")
+                "lr_schedule", "warmup_steps", "loss", "huber_delta")
 # What an explicit flag may change on resume, with a notice.
 OVERRIDABLE = ("lr", "weight_decay", "grad_clip", "precision")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,6 +63,10 @@ def validate(explicit):
         if key in explicit:
             check(math.isfinite(explicit[key]) and explicit[key] >= 0,
                   f"--{key.replace('_', '-')} must be 0 or more (got {explicit[key]})")
+    if "huber_delta" in explicit:
+        check(math.isfinite(explicit["huber_delta"]) and explicit["huber_delta"] > 0,
+              f"--huber-delta must be a positive number of decades "
+              f"(got {explicit['huber_delta']})")
     if "lr" in explicit:
         check(math.isfinite(explicit["lr"]) and explicit["lr"] > 0,
               f"--lr must be a positive number (got {explicit['lr']})")
@@ -71,6 +77,9 @@ def validate(explicit):
         name = explicit["name"]
         check(name and all(c.isalnum() or c in "._-" for c in name) and not name.startswith("."),
               f"--name must be letters, digits, '.', '_' or '-' (got {name!r})")
+    if "contacts" in explicit and "predict" not in explicit:
+        raise UsageError("--contacts goes with --predict (training data give their contacts "
+                         "in a 'contacts' column)")
     if explicit.get("fresh") and explicit.get("resume_from"):
         raise UsageError("--fresh and --resume-from contradict each other: choose one")
 

@@ -20,7 +20,7 @@ import checkpoint as ckpt
 import data
 import models
 import retention
-from messages import EXIT_BAD_INPUT, Quiet, UsageError, say, warn
+from messages import EXIT_BAD_INPUT, Quiet, UsageError, check, say, warn
 from run_state import Progress
 from settings import (COMMON_DEFAULTS, OVERRIDABLE, check_writable_folder, identity_conflicts,
                       merge_settings)
@@ -236,7 +236,10 @@ def load_dataset(family, settings, config, state, source):
     if state is not None and state.get("data_fingerprint") != dataset.fingerprint:
         raise UsageError(f"the data differs from what {source} was trained on "
                          f"({settings['data'] or 'built-in data'}); use --fresh or another --name")
-    fitted = family.fit_config(config, dataset)
+    check(settings["loss"] is None or settings["loss"] in family.losses,
+          f"--loss does not apply to a {family.name} model" if not family.losses else
+          f"--loss {settings['loss']}: a {family.name} model takes {', '.join(family.losses)}")
+    fitted = family.fit_config(config, dataset, settings)
     if state is not None and fitted != config:
         differing = [f"{k} {v} vs {getattr(fitted, k)}" for k, v in asdict(config).items()
                      if getattr(fitted, k) != v]

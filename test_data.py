@@ -30,7 +30,7 @@ def test_built_in_duplexes_are_deterministic_and_varied():
 # ------------------------------------------------------------------------------------------
 
 def test_graph_of_a_duplex_has_the_spec_edges():
-    x, edges, types = dna.duplex_graph("GA", "T-")   # complement of A present, of G missing
+    x, edges, types, _ = dna.duplex_graph("GA", "T-")   # complement of A present, of G missing
     assert x.shape == (2 + 3, dna.NODE_FEATURES)
     pairs = {(int(s), int(t), int(k)) for s, t, k in zip(edges[0], edges[1], types)}
     assert (2, 3, dna.EDGE_BACKBONE_5TO3) in pairs and (3, 2, dna.EDGE_BACKBONE_3TO5) in pairs
@@ -46,7 +46,7 @@ def test_a_batch_is_the_disjoint_union_of_its_graphs():
     batch = graphs.batch(indices)
     offset = 0
     for position, k in enumerate(indices.tolist()):
-        x, edges, types = dna.duplex_graph(*duplexes[k])
+        x, edges, types, _ = dna.duplex_graph(*duplexes[k])
         nodes = batch["graph"] == position
         assert torch.equal(batch["x"][nodes], torch.from_numpy(x))
         mine = (batch["edge_index"][0] >= offset) & (batch["edge_index"][0] < offset + len(x))
@@ -87,11 +87,40 @@ def test_reader_names_file_and_line_of_a_bad_row(tmp_path):
 def test_dna_csv_with_and_without_spectra(tmp_path):
     path = tmp_path / "dna.csv"
     path.write_text("sequence,complement\nATGC,GCAT\nGGA,T-C\n")
-    duplexes, targets, energies = dna.load_duplexes(path)
+    duplexes, targets, energies, _ = dna.load_duplexes(path)
     assert duplexes == [("ATGC", "GCAT"), ("GGA", "T-C")] and targets is None and energies is None
     bad = tmp_path / "bad.csv"
     bad.write_text("sequence,complement\nATGC,GCAA\n")
     with pytest.raises(data.DataError, match=r"bad\.csv line 2: complement 'GCAA'"):
+        dna.load_duplexes(bad)
+
+
+def test_dna_csv_contacts_column_and_contact_edges_carry_gamma(tmp_path):
+    Contact = tight_binding.Contact
+    path = tmp_path / "dna.csv"
+    path.write_text("sequence,complement,contacts\nATGC,GCAT,\nATGC,GCAT,L:p0;R:p-1@0.1\n"
+                    "GGA,T-C,\"L:p0,c0@0.2;R:c-1@0.05\"\n")   # a cell with a comma is quoted
+    loaded = dna.load_duplexes(path)
+    # Empty and the default spelled out are the same data: None.
+    assert loaded.contacts[:2] == [None, None]
+    assert loaded.contacts[2] == (Contact("left", "primary", 0, 0.2),
+                                  Contact("left", "complement", 0, 0.2),
+                                  Contact("right", "complement", 2, 0.05))
+    x, edges, types, gammas = dna.duplex_graph(*loaded.duplexes[2], loaded.contacts[2])
+    # Sites: primary 0-2 (nodes 2-4), complement bases 0 and 2 (nodes 5, 6).
+    contact = {(int(s), int(t)): g for s, t, k, g in zip(edges[0], edges[1], types, gammas)
+               if k == dna.EDGE_CONTACT}
+    assert contact == {(0, 2): 0.2, (2, 0): 0.2, (0, 5): 0.2, (5, 0): 0.2,
+                       (1, 6): 0.05, (6, 1): 0.05}
+    assert all(g == 0 for k, g in zip(types, gammas) if k != dna.EDGE_CONTACT)
+    batch = dna.GraphData(loaded.duplexes, np.zeros((3, 2, 4)), loaded.contacts).batch(
+        torch.tensor([2, 0]))
+    assert sorted(batch["contact_gamma"][batch["edge_type"] == dna.EDGE_CONTACT].tolist()) == [
+        0.05, 0.05, 0.1, 0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.2]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sequence,complement,contacts\nGGA,T-C,L:p0;R:c1\n")
+    with pytest.raises(data.DataError, match=r"bad\.csv line 2: contacts: site c1 is on a "
+                                             r"missing base"):
         dna.load_duplexes(bad)
 
 
@@ -110,11 +139,11 @@ def spectra_csv(path, n_t, n_dos=None, energies=None, rows=(("ATGC", -1.0),)):
 
 def test_a_dna_csv_defines_its_energy_grid_by_its_spectra(tmp_path):
     # 201 energies, like the DFT spectra: never cut to the 100 of the default grid.
-    duplexes, targets, energies = dna.load_duplexes(spectra_csv(tmp_path / "a.csv", 201))
+    duplexes, targets, energies, _ = dna.load_duplexes(spectra_csv(tmp_path / "a.csv", 201))
     assert targets.shape == (1, 2, 201)
     assert np.array_equal(energies, tight_binding.default_energy_grid(201))
     dft_grid = np.linspace(-6.303145, -4.303145, 201).tolist()
-    _, _, energies = dna.load_duplexes(spectra_csv(tmp_path / "b.csv", 201, energies=dft_grid))
+    _, _, energies, _ = dna.load_duplexes(spectra_csv(tmp_path / "b.csv", 201, energies=dft_grid))
     assert energies.tolist() == dft_grid
 
 

@@ -62,7 +62,9 @@ def test_the_check_sees_a_family_named_in_code(tmp_path):
 def test_every_registered_family_has_the_whole_interface(name):
     family = families.get(name)
     assert family.name == name and family is families.FAMILIES[name]
-    assert set(family.defaults) == set(settings.FAMILY_SETTINGS)
+    loss_settings = {"loss", "huber_delta"} if family.losses else set()
+    assert set(family.defaults) == set(settings.FAMILY_SETTINGS) | loss_settings
+    assert not family.losses or family.defaults["loss"] == family.losses[0]
     assert not set(family.measures) & {"epoch", "train_loss", "val_loss", "lr"}
     assert family.use in ("sample", "predict") and "{name}" in family.use_output
     for size in models.CONFIG_NAMES:

@@ -147,13 +147,16 @@ def test_predicted_spectra_are_the_negf_of_the_predicted_hamiltonian():
     model = perturbed_model(1)
     spectra = model.predict(batch)
     energies = model.energy_grid
+    # Trained with a broadened NEGF, evaluated with the physics' own eta.
+    assert not model.training and model.eta == model.config.predict_eta == 1e-12
+    assert model.train().eta == model.config.eta == 1e-3
+    model.eval()
     for g, h in enumerate(model.hamiltonian(batch)):
         dense = torch.diag(h["onsite"])
         for (i, j), value in zip(h["pairs"].tolist(), h["coupling"].tolist()):
             dense[i, j] = dense[j, i] = value
         T, DOS, LDOS = tight_binding.wide_band_negf(
-            dense[None], h["gamma_left"][None], h["gamma_right"][None], energies,
-            model.config.eta)
+            dense[None], h["gamma_left"][None], h["gamma_right"][None], energies, model.eta)
         np.testing.assert_allclose(spectra[g, 0], torch.log10(T[0]), rtol=1e-10)
         np.testing.assert_allclose(spectra[g, 1], torch.log10(DOS[0]), rtol=1e-10)
         np.testing.assert_allclose(h["ldos"], LDOS[0], rtol=1e-10, atol=1e-300)
@@ -186,7 +189,8 @@ def test_predict_with_an_hgnn_checkpoint_writes_the_csv_and_the_hamiltonians(hgn
                                                                             tmp_path, capsys):
     folder, _ = hgnn_run
     out = tmp_path / "p.csv"
-    assert run_main(["--model", "hgnn", "--predict", "ACGTAC,GGCC", "--checkpoint-dir", folder,
+    # No --model: the checkpoint says it holds an hgnn.
+    assert run_main(["--predict", "ACGTAC,GGCC", "--checkpoint", folder / "hgnn_tiny_best.pt",
                      "--output", out]) == 0
     said = capsys.readouterr().out
     companion = tmp_path / "p_hamiltonians.json"
@@ -195,13 +199,15 @@ def test_predict_with_an_hgnn_checkpoint_writes_the_csv_and_the_hamiltonians(hgn
     assert said.endswith(f", with each duplex's Hamiltonian and local DOS; written to {out} "
                          f"and {companion}\n"), said
     rows = list(csv.reader(out.open()))
-    assert rows[0][:3] == ["sequence", "complement", "log10_T_0"] and len(rows[0]) == 202
-    assert [r[:2] for r in rows[1:] if r[0] != dna.ENERGY_ROW] == [["ACGTAC", "GTACGT"],
-                                                                   ["GGCC", "GGCC"]]
+    assert rows[0][:4] == ["sequence", "complement", "contacts", "log10_T_0"]
+    assert len(rows[0]) == 203
+    assert [r[:3] for r in rows[1:] if r[0] != dna.ENERGY_ROW] == [["ACGTAC", "GTACGT", ""],
+                                                                   ["GGCC", "GGCC", ""]]
 
     written = json.loads(companion.read_text())
     assert len(written["energies_eV"]) == 100
-    assert written["eta_eV"] == models.get_config("hgnn", "tiny").eta
+    # Predictions use the physics' broadening, not the training one.
+    assert written["eta_eV"] == models.get_config("hgnn", "tiny").predict_eta == 1e-12
     first = written["duplexes"][0]
     assert (first["sequence"], first["complement"]) == ("ACGTAC", "GTACGT")
     assert [(s["base"], s["strand"], s["position"]) for s in first["sites"]] == [
@@ -214,6 +220,24 @@ def test_predict_with_an_hgnn_checkpoint_writes_the_csv_and_the_hamiltonians(hgn
     assert kinds.count("backbone") == 10 and kinds.count("hbond") == 6
     assert first["contacts"] == {"left": [{"site": 0, "gamma_eV": 0.1}],
                                  "right": [{"site": 5, "gamma_eV": 0.1}]}
+
+    # Contacts from the flag: the left electrode on two sites, the right one on the
+    # complementary strand's 5' base (site 6: after the 6 primary sites) with 0.25 eV.
+    crossed = tmp_path / "crossed.csv"
+    assert run_main(["--predict", "ACGTAC", "--contacts", "L:p0,p1@0.05;R:c0@0.25",
+                     "--checkpoint", folder / "hgnn_tiny_best.pt", "--output", crossed]) == 0
+    written = json.loads((tmp_path / "crossed_hamiltonians.json").read_text())
+    assert written["duplexes"][0]["contacts"] == {
+        "left": [{"site": 0, "gamma_eV": 0.05}, {"site": 1, "gamma_eV": 0.05}],
+        "right": [{"site": 6, "gamma_eV": 0.25}]}
+    rows = list(csv.reader(crossed.open()))
+    assert rows[2][:3] == ["ACGTAC", "GTACGT", "L:p0@0.05;L:p1@0.05;R:c0@0.25"]
+    # Other contacts, other spectra; and the CSV's contacts column gives the same as the flag.
+    assert rows[2][3:] != next(r for r in csv.reader(out.open()) if r[0] == "ACGTAC")[3:]
+    again = tmp_path / "again.csv"
+    assert run_main(["--predict", crossed, "--checkpoint", folder / "hgnn_tiny_best.pt",
+                     "--output", again]) == 0
+    assert list(csv.reader(again.open()))[2] == rows[2]
 
 
 def test_hgnn_killed_inside_epoch_2_resumes_bit_identical(tmp_path, references):

@@ -258,3 +258,53 @@ def test_transport_spectra_match_a_plain_numpy_calculation_to_1e_12_decades():
     targets = tight_binding.log_spectra(duplexes, E)
     assert targets.shape == (len(duplexes), 2, len(E))
     np.testing.assert_array_equal(targets, np.stack([np.log10(T), np.log10(DOS)], axis=1))
+
+
+def numpy_spectra_with_contacts(primary, complement, left, right, energies,
+                                eta=tight_binding.ETA):
+    """T and DOS written plainly for contacts given as {site: gamma} per electrode."""
+    bases, couplings = tight_binding.duplex_sites(primary, complement)
+    H = np.diag([tight_binding.ONSITE[b] for b in bases]).astype(np.complex128)
+    for i, j, t, _ in couplings:
+        H[i, j] = H[j, i] = t
+    gl, gr = np.zeros(len(bases)), np.zeros(len(bases))
+    for site, g in left.items():
+        gl[site] = g
+    for site, g in right.items():
+        gr[site] = g
+    H -= 0.5j * np.diag(gl + gr)
+    T, DOS = [], []
+    for energy in energies:
+        G = np.linalg.inv((energy + 1j * eta) * np.eye(len(bases)) - H)
+        T.append(np.real(np.trace(np.diag(gl) @ G @ np.diag(gr) @ G.conj().T)))
+        DOS.append(-np.trace(G).imag / np.pi)
+    return np.array(T), np.array(DOS)
+
+
+def test_contacts_on_the_complementary_strand_and_on_several_sites():
+    Contact = tight_binding.Contact
+    # GATC / GA-C: sites 0-3 primary, then complement bases 0, 1, 3 at sites 4, 5, 6.
+    primary, complement = "GATC", "GA-C"
+    cases = [
+        # right electrode on the complementary strand's 5' base ('cross')
+        ((Contact("left", "primary", 0, 0.1), Contact("right", "complement", 0, 0.1)),
+         {0: 0.1}, {4: 0.1}),
+        # two sites per electrode, each with its own coupling, on both strands
+        ((Contact("left", "primary", 0, 0.2), Contact("left", "complement", 3, 0.05),
+          Contact("right", "primary", 3, 0.1), Contact("right", "complement", 1, 0.3)),
+         {0: 0.2, 6: 0.05}, {3: 0.1, 5: 0.3}),
+    ]
+    energies = np.linspace(-2, 1, 31)
+    spectra = tight_binding.log_spectra([(primary, complement)] * 3, energies,
+                                        [cases[0][0], cases[1][0], None])
+    for k, (_, left, right) in enumerate(cases):
+        T, DOS = numpy_spectra_with_contacts(primary, complement, left, right, energies)
+        assert np.abs(spectra[k, 0] - np.log10(T)).max() < 1e-10
+        assert np.abs(spectra[k, 1] - np.log10(DOS)).max() < 1e-10
+    # None is the default placement, and the three differ.
+    T, DOS = numpy_spectra_with_contacts(primary, complement, {0: 0.1}, {3: 0.1}, energies)
+    assert np.abs(spectra[2, 0] - np.log10(T)).max() < 1e-10
+    assert np.abs(spectra[0] - spectra[1]).max() > 0.1
+    assert np.abs(spectra[0] - spectra[2]).max() > 0.1
+    with pytest.raises(ValueError, match="no base there"):
+        tight_binding.contact_sites(primary, complement, (Contact("left", "complement", 2, 0.1),))

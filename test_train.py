@@ -1,5 +1,6 @@
 """The command line as a user meets it: defaults, flags, resume semantics, bad input."""
 
+import dataclasses
 import re
 import signal
 import subprocess
@@ -308,7 +309,7 @@ def test_a_gnn_trains_on_dft_records_of_a_manifest_at_their_energies(tmp_path):
     assert state["config"]["n_energies"] == 201
 
 
-def test_dft_records_of_two_grids_or_other_contacts_are_refused(tmp_path, capsys):
+def test_dft_records_of_two_grids_are_refused(tmp_path, capsys):
     grid = np.linspace(-6.3, -4.3, 201)
     spectra = synthetic_spectra(["AAAC", "GCGC", "ATTA"], grid)
     spectra[2] = synthetic_spectra(["ATTA"], np.linspace(-6.3, -4.3, 100))[0]
@@ -317,9 +318,61 @@ def test_dft_records_of_two_grids_or_other_contacts_are_refused(tmp_path, capsys
     assert capsys.readouterr().err == (
         f"train.py: error: {manifest} line 4: 100 energies, but {manifest} line 2 has 201: "
         f"the records of a data set need one energy grid\n")
-    manifest = write_dft_folder(tmp_path / "cross", synthetic_spectra(["AAAC", "GCGC"], grid),
-                                contacts={1: "cross"})
-    assert run_main([*GNN_ARGS, "--data", manifest, "--epochs", 1]) == 2
-    assert "line 3: contacts other than the primary strand's 5' and 3' bases at 0.1 eV are " \
-           "not supported yet" in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("model", ["gnn", "hgnn"])
+def test_records_with_their_own_contacts_train_and_the_contacts_are_the_datas(tmp_path, model,
+                                                                           capsys):
+    """DFT records with 'cross' and two-site contacts train, and the contacts are part of the
+    data: the run's fingerprint differs from the same records with the default contacts."""
+    grid = np.linspace(-6.3, -4.3, 21)
+    sequences = ["AAAC", "GCGC", "ATTA", "CCGA", "TGCA", "GATC", "AAAC", "GCGC"]
+    contacts = {1: "cross@0.2", 6: '"L:p0,c-1@0.05;R:p-1"', 7: "cross"}
+    runs = {}
+    for label, given in (("own", contacts), ("default", None)):
+        manifest = write_dft_folder(tmp_path / label, synthetic_spectra(sequences, grid), given)
+        folder = tmp_path / f"runs_{label}"
+        args = ["--model", model, "--data", manifest, "--checkpoint-dir", folder,
+                "--epochs", 1, "--batch-size", 4, "--val-fraction", 0.25]
+        assert run_main(args) == 0, capsys.readouterr().err
+        runs[label] = load(folder / f"{model}_tiny_latest.pt")
+    assert runs["own"]["data_fingerprint"] != runs["default"]["data_fingerprint"]
+
+
+def test_huber_loss_is_chosen_stored_and_part_of_the_run(tmp_path, capsys):
+    args = [*GNN_ARGS, "--loss", "huber", "--huber-delta", 0.5]
+    assert run_main([*args, "--epochs", 1]) == 0
+    state = load(tmp_path / "checkpoints" / "gnn_tiny_latest.pt")
+    assert (state["config"]["loss"], state["config"]["huber_delta"]) == ("huber", 0.5)
+    assert (state["args"]["loss"], state["args"]["huber_delta"]) == ("huber", 0.5)
+    # Rerunning without the flags continues with them; asking for another loss is refused.
+    assert run_main([*GNN_ARGS, "--epochs", 2]) == 0
+    assert load(tmp_path / "checkpoints" / "gnn_tiny_latest.pt")["config"]["loss"] == "huber"
+    capsys.readouterr()
+    assert run_main([*GNN_ARGS, "--epochs", 3, "--loss", "mse"]) == 2
+    assert "loss (checkpoint 'huber', requested 'mse')" in capsys.readouterr().err
+
+
+def test_huber_loss_is_in_decades_for_both_dna_models():
+    import models
+    batch_target = torch.tensor([[[0.0, 0.0]], [[0.0, 0.0]]])
+    prediction = torch.tensor([[[0.5, 3.0]], [[0.0, 0.0]]])
+    config = models.get_config("gnn", "tiny", loss="huber", huber_delta=1.0)
+    # Quadratic within a decade, linear beyond: (0.125 + 2.5) / 4 elements.
+    assert models.loss_in_decades(config, prediction, batch_target).item() == (0.125 + 2.5) / 4
+    mse = models.get_config("gnn", "tiny")
+    assert models.loss_in_decades(mse, prediction, batch_target).item() == (0.25 + 9) / 4
+
+
+def test_configs_written_before_a_field_existed_load_with_its_default():
+    import models
+    old = dataclasses.asdict(models.get_config("hgnn", "tiny"))
+    for field in ("loss", "huber_delta", "predict_eta"):
+        del old[field]
+    config = models.config_from_dict(old)
+    assert (config.loss, config.huber_delta, config.predict_eta) == ("mse", 1.0, None)
+    model = models.build_model(config).eval()
+    assert model.eta == config.eta   # the broadening such a checkpoint validated with
+    with pytest.raises(ValueError, match=r"missing \['hidden'\]"):
+        models.config_from_dict({k: v for k, v in old.items() if k != "hidden"})

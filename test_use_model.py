@@ -78,13 +78,15 @@ def test_predict_from_the_command_line_and_from_a_file(finished_run, tmp_path, c
                            f"{finished_run}/gnn_tiny_best.pt (epoch ")
     assert "100 energies from -3 to 3 eV" in said
     rows = list(csv.reader(out.open()))
-    assert rows[0][:3] == ["sequence", "complement", "log10_T_0"] and len(rows[0]) == 202
+    assert rows[0][:4] == ["sequence", "complement", "contacts", "log10_T_0"]
+    assert len(rows[0]) == 203
     assert rows[1][0] == "energy_eV"   # the grid, exactly: the file defines its own
-    assert [r[:2] for r in rows[2:]] == [["ACGTAC", "GTACGT"], ["GGCC", "GGCC"]]
+    # Empty contacts: the default ones.
+    assert [r[:3] for r in rows[2:]] == [["ACGTAC", "GTACGT", ""], ["GGCC", "GGCC", ""]]
     # The numbers are the model's: the file round-trips through --data's reader.
     model, state = use_model.load_model(finished_run / "gnn_tiny_best.pt", "gnn")
     expected = gnn.predict(model, [("ACGTAC", "GTACGT"), ("GGCC", "GGCC")])
-    duplexes, spectra, energies = dna.load_duplexes(out)
+    duplexes, spectra, energies, _ = dna.load_duplexes(out)
     np.testing.assert_allclose(spectra, expected, rtol=1e-5)
     assert np.array_equal(energies, state["energy_grid"].numpy())
 
@@ -102,7 +104,20 @@ def test_bad_uses_get_one_line_and_exit_2(finished_run, transformer_run, tmp_pat
         (["--predict", "ACGT", "--checkpoint-dir", tmp_path],
          f"no checkpoint {tmp_path}/gnn_tiny_best.pt; train first, or give --checkpoint PATH"),
         (["--sample", 3, "--checkpoint", finished_run / "gnn_tiny_best.pt"],
+         "--sample does not apply to a gnn model (it takes --predict)"),
+        (["--sample", 3, "--model", "transformer", "--checkpoint",
+          finished_run / "gnn_tiny_best.pt"],
          f"cannot use {finished_run}/gnn_tiny_best.pt: holds a gnn model, not a transformer"),
+        (["--predict", "ACGT", "--contacts", "L:p0;R:p9", "--checkpoint-dir", finished_run],
+         "--contacts for sequence 'ACGT': contacts: site p9 is out of range (the primary "
+         "strand has 4 bases, p0..p3)"),
+        (["--contacts", "cross", "--checkpoint-dir", tmp_path],
+         "--contacts goes with --predict (training data give their contacts in a 'contacts' "
+         "column)"),
+        (["--loss", "huber", "--checkpoint-dir", tmp_path],
+         "--loss does not apply to a transformer model"),
+        (["--model", "gnn", "--huber-delta", "0", "--checkpoint-dir", tmp_path],
+         "--huber-delta must be a positive number of decades (got 0.0)"),
         (["--sample", 3, "--temperature", 0, "--checkpoint-dir", transformer_run],
          "--temperature must be a positive number (got 0.0)"),
         (["--sample", 3, "--predict", "ACGT"], "--sample and --predict are separate uses: give one"),

@@ -26,6 +26,7 @@ on the left and its 3' site (index L-1) on the right, both with GAMMA, so T = GA
 """
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -94,6 +95,58 @@ def _hamiltonian_rows(primary, complement):
     for i, j, t, _ in couplings:
         rows[i][j] = rows[j][i] = t
     return rows
+
+
+@dataclass(frozen=True)
+class Contact:
+    """One electrode-to-base coupling: `base` is the 0-based 5'->3' index on `strand`."""
+    electrode: str      # "left" | "right"
+    strand: str         # "primary" | "complement"
+    base: int
+    gamma: float        # eV, > 0
+
+    def __post_init__(self):
+        if self.electrode not in ("left", "right") or self.strand not in ("primary",
+                                                                           "complement"):
+            raise ValueError(f"Contact({self.electrode!r}, {self.strand!r}, ...): electrode is "
+                             f"'left' or 'right', strand 'primary' or 'complement'")
+
+
+def default_contacts(primary, gamma=GAMMA):
+    """The built-in placement: left electrode on the primary strand's 5' base, right on its 3'
+    base, both with `gamma` eV."""
+    return (Contact("left", "primary", 0, gamma),
+            Contact("right", "primary", len(primary) - 1, gamma))
+
+
+def contact_sites(primary, complement, contacts):
+    """[(electrode, site index in duplex_sites order, gamma)] of each contact. A contact on
+    a missing complementary base raises ValueError (the readers refuse it earlier, by name)."""
+    comp_site, site = {}, len(primary)
+    for j, b in enumerate(complement):
+        if b != MISSING:
+            comp_site[j] = site
+            site += 1
+    out = []
+    for c in contacts:
+        if c.strand == "primary":
+            if not 0 <= c.base < len(primary):
+                raise ValueError(f"{c}: base out of range for {primary!r}")
+            out.append((c.electrode, c.base, c.gamma))
+        else:
+            if c.base not in comp_site:
+                raise ValueError(f"{c}: no base there in complement {complement!r}")
+            out.append((c.electrode, comp_site[c.base], c.gamma))
+    return out
+
+
+def contact_gammas(primary, complement, contacts, n):
+    """(gamma_left, gamma_right): lists of n couplings (eV) per site, 0 where a site does not
+    touch that electrode; a site touched twice by one electrode adds its couplings."""
+    gammas = {"left": [0.0] * n, "right": [0.0] * n}
+    for electrode, site, gamma in contact_sites(primary, complement, contacts):
+        gammas[electrode][site] += gamma
+    return gammas["left"], gammas["right"]
 
 
 def hamiltonian(primary, complement):
@@ -167,9 +220,12 @@ def wide_band_negf(H, gamma_left, gamma_right, energies, eta=ETA):
     return torch.cat(T), torch.cat(DOS), torch.cat(LDOS)
 
 
-def transport_spectra(duplexes, energies, gamma=GAMMA, eta=ETA):
-    """T(E) and DOS(E) of each (primary, complement) duplex on the energy grid, the electrodes on
-    the primary strand's 5' site (left) and 3' site (right), each with coupling `gamma`.
+def transport_spectra(duplexes, energies, gamma=GAMMA, eta=ETA, contacts=None):
+    """T(E) and DOS(E) of each (primary, complement) duplex on the energy grid.
+
+    `contacts` gives each duplex its tuple of Contact; None (for all, or for one duplex) is
+    the default placement: the primary strand's 5' site (left) and 3' site (right), each with
+    coupling `gamma`.
 
     Duplexes with the same number of sites go through `wide_band_negf` together, vectorised
     over sequences and energies, in chunks so that memory stays flat for any data set size.
@@ -178,7 +234,8 @@ def transport_spectra(duplexes, energies, gamma=GAMMA, eta=ETA):
         (T, DOS), each a float64 numpy array (len(duplexes), len(energies)).
     """
     with _one_thread():
-        return _transport_spectra(duplexes, energies, gamma, eta)
+        return _transport_spectra(duplexes, energies, gamma, eta,
+                                  contacts or [None] * len(duplexes))
 
 
 @contextlib.contextmanager
@@ -197,7 +254,7 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _transport_spectra(duplexes, energies, gamma, eta):
+def _transport_spectra(duplexes, energies, gamma, eta, contacts):
     energies = torch.as_tensor(np.asarray(energies, dtype=np.float64))
     T = np.empty((len(duplexes), len(energies)))
     DOS = np.empty_like(T)
@@ -210,11 +267,10 @@ def _transport_spectra(duplexes, energies, gamma, eta):
         for start in range(0, len(members), chunk):
             ks = members[start:start + chunk]
             H = torch.tensor([_hamiltonian_rows(*duplexes[k]) for k in ks], dtype=torch.float64)
-            gamma_left = torch.zeros(len(ks), n, dtype=torch.float64)
-            gamma_right = torch.zeros(len(ks), n, dtype=torch.float64)
-            gamma_left[:, 0] = gamma
-            right = torch.tensor([len(duplexes[k][0]) - 1 for k in ks])
-            gamma_right[torch.arange(len(ks)), right] = gamma
+            gammas = [contact_gammas(*duplexes[k], contacts[k] or default_contacts(
+                duplexes[k][0], gamma), n) for k in ks]
+            gamma_left = torch.tensor([g[0] for g in gammas], dtype=torch.float64)
+            gamma_right = torch.tensor([g[1] for g in gammas], dtype=torch.float64)
             with torch.no_grad():
                 t, dos, _ = wide_band_negf(H, gamma_left, gamma_right, energies, eta)
             T[ks] = t.numpy()
@@ -222,9 +278,9 @@ def _transport_spectra(duplexes, energies, gamma, eta):
     return T, DOS
 
 
-def log_spectra(duplexes, energies):
+def log_spectra(duplexes, energies, contacts=None):
     """Training targets: log10 T(E) and log10 DOS(E), float64 (N, 2, len(energies))."""
-    T, DOS = transport_spectra(duplexes, energies)
+    T, DOS = transport_spectra(duplexes, energies, contacts=contacts)
     return np.stack([np.log10(T), np.log10(DOS)], axis=1)
 
 

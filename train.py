@@ -109,6 +109,13 @@ def _add_training_flags(p):
     g.add_argument("--lr-schedule", "--lr_schedule", choices=("constant", "cosine"),
                    help="after warmup: constant, or cosine decay to 10%% over the --epochs set "
                         "when the run started (default constant)")
+    g.add_argument("--loss", choices=("mse", "huber"),
+                   help="DNA transport models: mse, mean squared error of the log10 spectra "
+                        "(standardised per energy by the direct model, in decades by the "
+                        "Hamiltonian one), or huber, Huber loss of the log10 spectra in "
+                        "decades (default mse)")
+    g.add_argument("--huber-delta", "--huber_delta", type=float, metavar="DECADES",
+                   help="where --loss huber turns from quadratic to linear (default 1.0)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto); may change on "
                                     "resume")
     g.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES),
@@ -165,8 +172,15 @@ def _add_use_and_process_flags(p):
     g.add_argument("--predict", metavar="SEQUENCES|FILE",
                    help="predict log10 T(E) and log10 DOS(E) for DNA sequences (comma-separated, "
                         "or a file: CSV with a 'sequence' column, or one per line) to CSV")
+    g.add_argument("--contacts", metavar="SPEC",
+                   help="with --predict SEQUENCES: the electrodes' contacts for every "
+                        "sequence, e.g. 'L:p0;R:p-1@0.1' (the default), 'cross@0.2' or "
+                        "'L:p0,c-1;R:c0' (sites p<i>/c<i> on the primary/complementary strand, "
+                        "from the 3' end as p-<i>; coupling @eV). A CSV gives a 'contacts' "
+                        "column instead")
     g.add_argument("--checkpoint", metavar="PATH",
-                   help="the checkpoint to use (default: the run's NAME_best.pt)")
+                   help="the checkpoint to use (default: the run's NAME_best.pt; its model "
+                        "family is the one used)")
     g.add_argument("--temperature", type=float, metavar="T",
                    help="sampling temperature (default 1.0)")
     g.add_argument("--top-p", "--top_p", type=float, metavar="P",

@@ -14,15 +14,18 @@ from messages import EXIT_OK, UsageError, check
 from settings import COMMON_DEFAULTS, check_writable_folder, merge_settings
 
 
-def load_model(path, family):
+def load_model(path, family, state=None):
     """(model in eval mode on the CPU, checkpoint state) from a verified checkpoint of the
-    `family` model.
+    `family` model (`state`: the file, already read by `ckpt.load_checkpoint`).
 
     Raises:
         ckpt.CheckpointError: a bad file, or a checkpoint of another model family.
     """
-    state = ckpt.load_checkpoint(path)
-    config = models.config_from_dict(state["config"])
+    state = state or ckpt.load_checkpoint(path)
+    try:
+        config = models.config_from_dict(state["config"])
+    except ValueError as e:
+        raise ckpt.CheckpointError(str(e)) from None
     if config.model != family:
         raise ckpt.CheckpointError(f"holds a {config.model} model, not a {family}")
     model = models.build_model(config)
@@ -30,12 +33,32 @@ def load_model(path, family):
     return model.eval(), state
 
 
+def _read(path):
+    """A checkpoint's verified state, or UsageError naming the file."""
+    check(path.exists(), f"no checkpoint {path}; train first, or give --checkpoint PATH")
+    try:
+        state = ckpt.load_checkpoint(path)
+    except ckpt.CheckpointError as e:
+        raise UsageError(f"cannot use {path}: {e}") from None
+    check(state["config"].get("model") in families.NAMES,
+          f"cannot use {path}: it holds an unknown model family "
+          f"{state['config'].get('model')!r}")
+    return state
+
+
 def use_trained_model(explicit):
     """--sample N or --predict ...: read a checkpoint, write FASTA or CSV, print what was done."""
     check(not ("sample" in explicit and "predict" in explicit),
           "--sample and --predict are separate uses: give one")
     use = "sample" if "sample" in explicit else "predict"
-    family = families.get(explicit["model"]) if "model" in explicit else families.for_use(use)
+    state = None
+    if "model" in explicit:
+        family = families.get(explicit["model"])
+    elif "checkpoint" in explicit:   # the checkpoint says which family it holds
+        state = _read(Path(explicit["checkpoint"]))
+        family = families.get(state["config"].get("model"))
+    else:
+        family = families.for_use(use)
     check(family.use == use, f"--{use} does not apply to a {family.name} model "
                              f"(it takes --{family.use})")
     folder = Path(explicit.get("checkpoint_dir") or COMMON_DEFAULTS["checkpoint_dir"])
@@ -43,7 +66,7 @@ def use_trained_model(explicit):
     path = Path(explicit.get("checkpoint") or ckpt.RunFiles(folder, name).best)
     check(path.exists(), f"no checkpoint {path}; train first, or give --checkpoint PATH")
     try:
-        model, state = load_model(path, family.name)
+        model, state = load_model(path, family.name, state)
     except ckpt.CheckpointError as e:
         raise UsageError(f"cannot use {path}: {e}") from None
     run_name = state["args"].get("name", name)

@@ -3,6 +3,7 @@ command after each kill, and compare the end with an uninterrupted run, bit for 
 
     python bench/chaos.py --model gnn --kills 50
     python bench/chaos.py --model transformer --kills 50
+    python bench/chaos.py --model hgnn --kills 30
     python bench/chaos.py --model gnn --kills 10 --nproc 2     # under torchrun, gloo
 
 With --nproc N the runs go through `torchrun --standalone --nproc_per_node=N`, and each kill
@@ -40,6 +41,8 @@ RUNS = {
     # Long enough that K kills land before the run ends; mid-epoch saves every few steps.
     "gnn": ["--model", "gnn", "--num-samples", "2000", "--batch-size", "32", "--epochs", "30",
             "--checkpoint-every-steps", "7"],
+    "hgnn": ["--model", "hgnn", "--num-samples", "600", "--batch-size", "16", "--epochs", "20",
+             "--checkpoint-every-steps", "5"],
     "transformer": ["--num-samples", "400", "--batch-size", "16", "--epochs", "20",
                     "--eval-samples", "16", "--checkpoint-every-steps", "5"],
 }
@@ -135,13 +138,13 @@ def main():
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--max-delay", type=float, default=None,
                         help="longest wait after training starts before a kill (seconds; "
-                             "default 0.8 gnn, 2.0 transformer)")
+                             "default 0.8 gnn, 1.5 hgnn, 2.0 transformer)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--nproc", type=int, default=1,
                         help="processes under torchrun (default 1: plain python)")
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     options = parser.parse_args()
-    max_delay = options.max_delay or {"gnn": 0.8, "transformer": 2.0}[options.model]
+    max_delay = options.max_delay or {"gnn": 0.8, "hgnn": 1.5, "transformer": 2.0}[options.model]
     rng = random.Random(options.seed)
     args = RUNS[options.model]
     name = f"{options.model}_tiny"

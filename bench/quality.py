@@ -43,7 +43,7 @@ import dna  # noqa: E402
 import metrics  # noqa: E402
 import tight_binding  # noqa: E402
 import use_model  # noqa: E402
-from families import gnn, transformer  # noqa: E402
+from families import gnn, hgnn, transformer  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 OAS = SHARED / "oas_jaffe2022_donor3_vh.fasta"
@@ -189,13 +189,10 @@ def scores(predicted, true):
 
 def gnn_quality(work):
     stdout, seconds = train(GNN_RUN, work / "full")
-    duplexes = dna.synthetic_duplexes(4000, 0)
-    grid = tight_binding.default_energy_grid(100)
-    spectra = tight_binding.log_spectra(duplexes, grid)
-    train_idx, val_idx = data.split_indices(len(duplexes), 0.1, 0)
+    duplexes, spectra, train_idx, val_idx, _ = held_out(4000)
     train_dup = [duplexes[i] for i in train_idx]
     val_dup = [duplexes[i] for i in val_idx]
-    val_y = spectra[val_idx.numpy()]
+    val_y = spectra[val_idx]
 
     model, _ = use_model.load_model(work / "full" / "gnn_tiny_best.pt", "gnn")
     rows = [["GNN (tiny, edge types)"] + scores(gnn.predict(model, val_dup), val_y)]
@@ -221,10 +218,10 @@ def gnn_quality(work):
     finally:
         dna.GraphData.batch = original
 
-    mean_spectrum = np.broadcast_to(spectra[train_idx.numpy()].mean(0), val_y.shape)
+    mean_spectrum = np.broadcast_to(spectra[train_idx].mean(0), val_y.shape)
     rows.append(["mean training spectrum"] + scores(mean_spectrum, val_y))
     rows.append(["MLP on base counts"] + scores(mlp_on_base_counts(
-        train_dup, spectra[train_idx.numpy()], val_dup), val_y))
+        train_dup, spectra[train_idx], val_dup), val_y))
     print(f"\nGNN on built-in tight-binding data: {len(train_dup)} train / {len(val_dup)} held "
           f"out, trained in {seconds:.0f} s")
     print([line for line in stdout.splitlines() if re.match(r"Epoch \d+/\d+ \|", line)][-1])
@@ -253,16 +250,227 @@ def dft_curiosity(model):
     print(f"  GNN prediction: log10 T from {predicted[0].min():.1f} to {predicted[0].max():.1f}")
 
 
+# --------------------------------------------------------------------------------------------
+# DNA Hamiltonian GNN: in range, the Hamiltonian it recovers, its speed; and extrapolation
+# --------------------------------------------------------------------------------------------
+
+HGNN_RUN = ["--model", "hgnn", "--num-samples", "4000", "--epochs", "30", "--lr-schedule",
+            "cosine", "--checkpoint-every-minutes", "0"]
+
+
+def epoch_seconds(stdout):
+    """The median wall seconds of the run's epochs (training and validation), from its log."""
+    times = [float(m.group(1)) for m in re.finditer(r"^Epoch \d+/\d+ \|.* \| ([\d.]+)s$",
+                                                    stdout, re.M)]
+    return float(np.median(times))
+
+
+def held_out(count, seed=0):
+    """The built-in set's duplexes, spectra and train/validation split, as the runs split it."""
+    duplexes = dna.synthetic_duplexes(count, seed)
+    grid = tight_binding.default_energy_grid(100)
+    spectra = tight_binding.log_spectra(duplexes, grid)
+    train_idx, val_idx = data.split_indices(len(duplexes), 0.1, seed, groups=duplexes)
+    return duplexes, spectra, train_idx.numpy(), val_idx.numpy(), grid
+
+
+def true_couplings(primary, complement):
+    """{(site i, site j) with i < j: (kind, table key, eV)} of the tight-binding model."""
+    bases, couplings = tight_binding.duplex_sites(primary, complement)
+    out = {}
+    for i, j, t, kind in couplings:
+        # A backbone pair's key is 5'->3' (i is 5' of j); a hydrogen bond's is A-T or G-C.
+        key = bases[i] + bases[j] if kind == "backbone" else "".join(sorted(bases[i] + bases[j]))
+        out[(min(i, j), max(i, j))] = (kind, key, t)
+    return out
+
+
+def recovered_hamiltonian(model, duplexes):
+    """Rows comparing the predicted on-site energies (per base) and couplings (per stacking
+    pair and per base pair) with the tight-binding model's, over `duplexes`; and the overall
+    mean absolute errors in meV. Couplings are compared by magnitude: flipping the sign of
+    one site's orbital flips the sign of its couplings and leaves T and DOS unchanged (up to
+    the sign of the products around the duplex's rings), so the sign is a gauge choice the
+    spectra cannot fix. On-site energies are absolute: the built-in grid is in absolute eV
+    and the model predicts them relative to its middle (0 eV here)."""
+    onsite, coupling, negative = {}, {}, 0
+    by_place = {"primary-strand stacking": [], "complementary-strand stacking": [],
+                "hydrogen bonds": []}
+    for (primary, complement), h in zip(duplexes, hgnn.hamiltonians(model, duplexes)):
+        bases, _ = tight_binding.duplex_sites(primary, complement)
+        for base, value in zip(bases, h["onsite"].tolist()):
+            onsite.setdefault(base, []).append(value)
+        truth = true_couplings(primary, complement)
+        for (i, j), value in zip(h["pairs"].tolist(), h["coupling"].tolist()):
+            kind, key, true = truth[(i, j)]
+            coupling.setdefault((kind, key), []).append(abs(value))
+            negative += value < 0
+            place = ("hydrogen bonds" if kind == "hbond" else "primary-strand stacking"
+                     if j < len(primary) else "complementary-strand stacking")
+            by_place[place].append(abs(abs(value) - true))
+    rows, errors = [], {"onsite": [], "coupling": []}
+    for base in "GACT":
+        values = np.array(onsite[base])
+        errors["onsite"] += list(np.abs(values - tight_binding.ONSITE[base]))
+        rows.append([f"on-site {base}", f"{1000 * tight_binding.ONSITE[base]:.0f}",
+                     f"{1000 * values.mean():.1f} ± {1000 * values.std():.1f}",
+                     f"{1000 * np.abs(values - tight_binding.ONSITE[base]).mean():.1f}"])
+    tables = {"backbone": tight_binding.INTRA_STRAND, "hbond": tight_binding.HYDROGEN_BOND}
+    for (kind, key), values in sorted(coupling.items()):
+        values, true = np.array(values), tables[kind][key]
+        errors["coupling"] += list(np.abs(values - true))
+        label = (f"stacking {key[0]}->{key[1]}" if kind == "backbone"
+                 else f"H-bond {key[0]}-{key[1]}")
+        rows.append([label, f"{1000 * true:.0f}",
+                     f"{1000 * values.mean():.1f} ± {1000 * values.std():.1f}",
+                     f"{1000 * np.abs(values - true).mean():.1f}"])
+    errors.update(by_place)
+    return rows, {k: 1000 * float(np.mean(v)) for k, v in errors.items()}, negative
+
+
+def negf_evaluations_per_second(duplexes, grid, repeats=5):
+    """(graph x energy) evaluations per second of the NEGF layer on the true Hamiltonians of
+    `duplexes` padded into one batch: forward alone, and forward + backward."""
+    H = [tight_binding.hamiltonian(p, c) for p, c in duplexes]
+    size = max(len(h) for h in H)
+    batch = torch.zeros(len(H), size, size, dtype=torch.float64)
+    mask = torch.zeros(len(H), size, dtype=torch.bool)
+    gamma_left = torch.zeros(len(H), size, dtype=torch.float64)
+    gamma_right = torch.zeros_like(gamma_left)
+    for b, ((primary, _), h) in enumerate(zip(duplexes, H)):
+        batch[b, :len(h), :len(h)] = h
+        mask[b, :len(h)] = True
+        gamma_left[b, 0] = gamma_right[b, len(primary) - 1] = tight_binding.GAMMA
+    energies = torch.as_tensor(grid)
+    rates = []
+    for backward in (False, True):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            H_ = batch.clone().requires_grad_(backward)
+            T, DOS, _ = tight_binding.padded_negf(H_, mask, gamma_left, gamma_right, energies,
+                                                  1e-3)
+            if backward:
+                (torch.log10(T).sum() + torch.log10(DOS).sum()).backward()
+        rates.append(repeats * len(duplexes) * len(grid) / (time.perf_counter() - started))
+    return rates
+
+
+def hgnn_quality(work):
+    stdout, seconds = train(HGNN_RUN, work / "hgnn")
+    duplexes, spectra, train_idx, val_idx, grid = held_out(4000)
+    val_dup = [duplexes[i] for i in val_idx]
+    val_y = spectra[val_idx]
+    model, _ = use_model.load_model(work / "hgnn" / "hgnn_tiny_best.pt", "hgnn")
+    rows = [["Hamiltonian GNN (tiny)"] + scores(gnn.predict(model, val_dup), val_y)]
+    gnn_stdout, gnn_seconds = train(GNN_RUN, work / "gnn")
+    direct, _ = use_model.load_model(work / "gnn" / "gnn_tiny_best.pt", "gnn")
+    rows.append(["direct GNN (tiny)"] + scores(gnn.predict(direct, val_dup), val_y))
+    print(f"\nHamiltonian GNN on built-in tight-binding data (4-10 bp): {len(train_idx)} train "
+          f"/ {len(val_idx)} held out; trained in {seconds:.0f} s (direct GNN: "
+          f"{gnn_seconds:.0f} s)")
+    print([line for line in stdout.splitlines() if re.match(r"Epoch \d+/\d+ \|", line)][-1])
+    table(rows, ["held out", "R² log10 T", "MAE log10 T (decades)", "R² log10 DOS",
+                 "MAE log10 DOS (decades)"])
+
+    h_rows, errors, negative = recovered_hamiltonian(model, val_dup)
+    print(f"\nRecovered Hamiltonian on the {len(val_dup)} held-out duplexes (meV; couplings "
+          f"by magnitude, {negative} predicted negative):")
+    table(h_rows, ["term", "tight binding", "predicted mean ± sd", "mean |error|"])
+    print(f"mean |error| over all sites: on-site {errors['onsite']:.1f} meV, couplings "
+          f"{errors['coupling']:.1f} meV (" + ", ".join(
+              f"{place} {errors[place]:.1f}" for place in ("primary-strand stacking",
+                                                          "complementary-strand stacking",
+                                                          "hydrogen bonds")) + ")")
+
+    hgnn_epoch, gnn_epoch = epoch_seconds(stdout), epoch_seconds(gnn_stdout)
+    forward, both = negf_evaluations_per_second(val_dup[:64], grid)
+    print(f"\nSpeed (median epoch, {len(train_idx)} training + {len(val_idx)} validation "
+          f"duplexes): Hamiltonian GNN {hgnn_epoch:.1f} s = {len(duplexes) / hgnn_epoch:.0f} "
+          f"graphs/s; direct GNN {gnn_epoch:.1f} s = {len(duplexes) / gnn_epoch:.0f} graphs/s; "
+          f"ratio {hgnn_epoch / gnn_epoch:.1f}x")
+    print(f"NEGF layer, 64 duplexes x {len(grid)} energies per call: {forward:,.0f} (graph x "
+          f"energy) evaluations/s forward, {both:,.0f}/s forward + backward")
+
+
+EXTRAPOLATION_TRAIN = (4000, 4, 8, 0)    # count, shortest, longest, seed
+EXTRAPOLATION_TEST = (500, 11, 16, 1)
+
+
+def minimum_slope(lengths, log10_t):
+    """Least-squares slope, in decades per base pair, of each duplex's minimum log10 T(E)
+    over the grid against its length."""
+    return float(np.polyfit(lengths, log10_t.min(axis=1), 1)[0])
+
+
+def extrapolation_quality(work):
+    """Both GNNs trained on 4-8 bp built-in data, tested on 11-16 bp."""
+    import bench.dna_data as dna_data
+    work.mkdir(parents=True, exist_ok=True)
+    dna_data.write_dna_csv(work / "train_4-8.csv", *EXTRAPOLATION_TRAIN)
+    test_dup, test_y, grid = dna_data.write_dna_csv(work / "test_11-16.csv",
+                                                    *EXTRAPOLATION_TEST)
+    lengths = np.array([len(p) for p, _ in test_dup])
+    true_slope = minimum_slope(lengths, test_y[:, 0])
+    rows, predictions = [], {}
+    for model_name, label in (("hgnn", "Hamiltonian GNN"), ("gnn", "direct GNN")):
+        args = [*(HGNN_RUN if model_name == "hgnn" else GNN_RUN)]
+        args[args.index("--num-samples"):args.index("--num-samples") + 2] = [
+            "--data", str(work / "train_4-8.csv")]
+        _, seconds = train(args, work / model_name)
+        model, _ = use_model.load_model(work / model_name / f"{model_name}_tiny_best.pt",
+                                        model_name)
+        predicted = gnn.predict(model, test_dup)
+        predictions[label] = predicted
+        slope = minimum_slope(lengths, predicted[:, 0])
+        rows.append([label, f"{metrics.mae(predicted[:, 0], test_y[:, 0]):.2f}",
+                     f"{metrics.r2(predicted[:, 0], test_y[:, 0]):.3f}",
+                     f"{slope:.3f}", f"{100 * slope / true_slope:.0f}%", f"{seconds:.0f} s"])
+    print(f"\nExtrapolation: trained on {EXTRAPOLATION_TRAIN[0]} duplexes of 4-8 bp, tested on "
+          f"{len(test_dup)} of 11-16 bp; tight-binding slope of the minimum of log10 T(E): "
+          f"{true_slope:.3f} decades per bp")
+    table(rows, ["model", "MAE log10 T (decades)", "R² log10 T", "slope of min log10 T",
+                 "of the truth", "training"])
+    picture = work / "extrapolation_14bp.png"
+    write_extrapolation_picture(picture, grid, lengths, test_dup, test_y, predictions)
+    print(f"picture: {picture}")
+
+
+def write_extrapolation_picture(path, grid, lengths, duplexes, true, predictions):
+    """log10 T(E) of the first three 14 bp test duplexes: the truth and both models."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shown = np.flatnonzero(lengths == 14)[:3]
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], shown):
+        ax.plot(grid, true[k, 0], "k-", label="tight binding (truth)")
+        for (label, predicted), style in zip(predictions.items(), ("C0--", "C3:")):
+            ax.plot(grid, predicted[k, 0], style, label=label)
+        ax.set_title(f"{duplexes[k][0]} / {duplexes[k][1]}", fontsize=8)
+        ax.set_xlabel("Energy (eV)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("log10 T(E)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("14 bp duplexes, models trained on 4-8 bp")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("transformer", "gnn", "both"), default="both")
+    parser.add_argument("--model", default="all",
+                        choices=("transformer", "gnn", "hgnn", "extrapolation", "all"))
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(options.workdir or scratch)
-        if options.model in ("gnn", "both"):
+        if options.model in ("gnn", "all"):
             gnn_quality(work / "gnn")
-        if options.model in ("transformer", "both"):
+        if options.model in ("hgnn", "all"):
+            hgnn_quality(work / "hgnn")
+        if options.model in ("extrapolation", "all"):
+            extrapolation_quality(work / "extrapolation")
+        if options.model in ("transformer", "all"):
             transformer_quality(work / "transformer")
 
 

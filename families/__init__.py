@@ -45,15 +45,16 @@ class Family:
     measures = ()      # per-epoch measures, the history's columns beyond epoch, losses and lr
     use = None         # the trained-model flag it answers: "sample" or "predict"
     use_output = None  # default output file of that use, "{name}" standing for the run name
+    losses = ()        # the --loss choices, the first the default (none: the flag is refused)
 
     def load_dataset(self, settings, config):
         """The run's data.Dataset: built-in data from settings["seed"] and
         settings["num_samples"], or settings["data"]; data.DataError for a bad file."""
         raise NotImplementedError
 
-    def fit_config(self, config, dataset):
-        """The config a new run of this data trains (e.g. the data's number of energies);
-        the table's row unchanged by default."""
+    def fit_config(self, config, dataset, settings):
+        """The config a new run of this data and these settings trains (e.g. the data's
+        number of energies, the loss); the table's row unchanged by default."""
         return config
 
     def prepare_fresh_model(self, model, dataset):

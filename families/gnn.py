@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 import data
+import dft_data
 import dna
 import metrics
 import plots
@@ -23,7 +24,8 @@ from families import Family
 class TransportGNNFamily(Family):
     name = "gnn"
     defaults = {"num_samples": 2000, "epochs": 20, "batch_size": 64, "lr": 1e-3,
-                "warmup_steps": 50}
+                "warmup_steps": 50, "loss": "mse", "huber_delta": 1.0}
+    losses = ("mse", "huber")
     measures = ("r2_log10_T", "r2_log10_DOS", "mae_log10_T", "mae_log10_DOS")
     use = "predict"
     use_output = "{name}_predictions.csv"
@@ -32,30 +34,36 @@ class TransportGNNFamily(Family):
         """The built-in duplexes with spectra computed on the config's grid, or a DNA CSV:
         with spectra, the file's own grid; without, spectra computed on the config's."""
         path = settings["data"]
-        targets = grid = None
         if path:
-            duplexes, targets, grid = dna.load_transport_data(path)
+            duplexes, targets, grid, contacts = dna.load_transport_data(path)
         else:
             duplexes = dna.synthetic_duplexes(settings["num_samples"], settings["seed"])
+            targets = grid = None
+            contacts = [None] * len(duplexes)
         # Spectra computed here are not part of the fingerprint: they depend on the machine's
         # floating point library at the last bit, and a run may move between machines. A grid
-        # the file states (not the default one of its size) is.
+        # the file states (not the default one of its size) is, and so are contacts other
+        # than the default ones.
         parts = ["dna", duplexes, None if targets is None else targets.tobytes()]
         if grid is not None and not np.array_equal(grid, tight_binding.default_energy_grid(
                 len(grid))):
             parts.append(grid.tobytes())
+        if any(contacts):
+            parts.append(repr(contacts))
         if targets is None:
             grid = tight_binding.default_energy_grid(config.n_energies)
-            targets = tight_binding.log_spectra(duplexes, grid)
+            targets = tight_binding.log_spectra(duplexes, grid, contacts)
         # Records of one duplex (the same strands with other contacts, or another run) stay on
         # one side of the split: otherwise validation would score memorised duplexes.
-        return data.split_dataset(dna.GraphData(duplexes, targets), settings,
+        return data.split_dataset(dna.GraphData(duplexes, targets, contacts), settings,
                                   data.fingerprint(*parts), path or "built-in data",
                                   {"energy_grid": torch.from_numpy(grid)}, groups=duplexes)
 
-    def fit_config(self, config, dataset):
-        """The model predicts one value per energy of the data's grid."""
-        return replace(config, n_energies=len(dataset.checkpoint_extras["energy_grid"]))
+    def fit_config(self, config, dataset, settings):
+        """The model predicts one value per energy of the data's grid, and trains with the
+        chosen loss."""
+        return replace(config, n_energies=len(dataset.checkpoint_extras["energy_grid"]),
+                       loss=settings["loss"], huber_delta=settings["huber_delta"])
 
     def prepare_fresh_model(self, model, dataset):
         # The model predicts standardised spectra: the scale comes from the training targets.
@@ -91,6 +99,17 @@ class TransportGNNFamily(Family):
                 f"{measures[f'mae_log10_{name}']:.2f}" for name in ("T", "DOS")
                 if measures.get(f"r2_log10_{name}") is not None]
 
+    def status_lines(self, history):
+        """The last validation scores, e.g. "log10 T: R² 0.998, MAE 0.09 decades"."""
+        lines = []
+        for name in ("T", "DOS"):
+            r2 = [v for v in history.get(f"r2_log10_{name}", []) if v is not None]
+            mae = [v for v in history.get(f"mae_log10_{name}", []) if v is not None]
+            if r2 and mae:
+                lines.append(f"log10 {name}: R² {r2[-1]:.4f}, MAE {mae[-1]:.3f} decades "
+                             f"(validation)")
+        return lines
+
     def write_figures(self, evaluation):
         """NAME_transport.png: predicted against true log10 T(E) for four validation
         duplexes."""
@@ -109,18 +128,19 @@ class TransportGNNFamily(Family):
 
     def use_trained(self, explicit, model, state, settings, where):
         """--predict SEQUENCES|FILE: CSV of predicted log10 T(E) and log10 DOS(E)."""
-        duplexes = read_duplexes(explicit["predict"])
-        spectra = predict(model, duplexes)
+        duplexes, contacts = read_duplexes(explicit["predict"], explicit.get("contacts"))
+        spectra = predict(model, duplexes, contacts)
         grid = state["energy_grid"].numpy()
         report = (f"Predicted log10 T(E) and log10 DOS(E) for {len(duplexes)} duplexes with "
                   f"{where}, {len(grid)} energies from {grid[0]:g} to {grid[-1]:g} eV")
-        return predictions_csv(duplexes, spectra, grid), report
+        return predictions_csv(duplexes, spectra, grid, contacts), report
 
 
-def read_duplexes(text):
-    """Duplexes (primary, full complement) from comma-separated sequences given on the command
-    line, or from a file: a CSV with a `sequence` column (and optionally `complement`), or one
-    sequence per line.
+def read_duplexes(text, contacts_text=None):
+    """(duplexes, contacts) from comma-separated sequences given on the command line, or from
+    a file: a CSV with a `sequence` column (and optionally `complement` and `contacts`), or
+    one sequence per line. Sequences not from a CSV get the full complement, and the contacts
+    of `contacts_text` (--contacts, dft_data.parse_contacts' syntax) or the default ones.
 
     Raises:
         data.DataError: with the file and line, or the sequence, at fault.
@@ -129,7 +149,11 @@ def read_duplexes(text):
         with open(text, encoding="utf-8", errors="replace") as f:
             first = f.readline().strip().lower()
         if "sequence" in first.split(","):
-            return dna.load_duplexes(text)[0]
+            if contacts_text is not None:
+                raise data.DataError(f"--contacts applies to sequences without a CSV; {text} "
+                                     f"gives each duplex its own in a 'contacts' column")
+            loaded = dna.load_duplexes(text)
+            return loaded.duplexes, loaded.contacts
         with open(text, encoding="utf-8", errors="replace") as f:
             rows = [(n, line.strip().upper()) for n, line in enumerate(f, 1) if line.strip()]
         where = {s: f"{text} line {n}" for n, s in rows}
@@ -142,28 +166,35 @@ def read_duplexes(text):
     for s in sequences:
         if set(s) - set("ATGC"):
             raise data.DataError(f"{where[s]}: must be A, T, G, C only (or a file that exists)")
-    return [(s, tight_binding.full_complement(s)) for s in sequences]
+    duplexes = [(s, tight_binding.full_complement(s)) for s in sequences]
+    contacts = [None if contacts_text is None else dna.normalised_contacts(
+        p, dft_data.parse_contacts(contacts_text, p, c, f"--contacts for {where[p]}"))
+        for p, c in duplexes]
+    return duplexes, contacts
 
 
 @torch.no_grad()
-def predict(model, duplexes):
+def predict(model, duplexes, contacts=None):
     """log10 T(E) and log10 DOS(E), float64 (N, 2, n_energies)."""
-    graphs = dna.GraphData(duplexes, np.zeros((len(duplexes), 2, model.config.n_energies)))
+    graphs = dna.GraphData(duplexes, np.zeros((len(duplexes), 2, model.config.n_energies)),
+                           contacts)
     out = [model.predict(graphs.batch(torch.arange(i, min(i + 256, len(duplexes)))))
            for i in range(0, len(duplexes), 256)]
     return torch.cat(out).double().numpy()
 
 
-def predictions_csv(duplexes, spectra, energies):
-    """The CSV format `--data` reads: sequence, complement, log10_T_0.., log10_DOS_0.., with
-    the energy grid in its `energy_eV` row."""
+def predictions_csv(duplexes, spectra, energies, contacts=None):
+    """The CSV format `--data` reads: sequence, complement, contacts, log10_T_0..,
+    log10_DOS_0.., with the energy grid in its `energy_eV` row."""
     n = spectra.shape[2]
-    header = ["sequence", "complement"] + [f"log10_T_{k}" for k in range(n)] + [
+    header = ["sequence", "complement", "contacts"] + [f"log10_T_{k}" for k in range(n)] + [
         f"log10_DOS_{k}" for k in range(n)]
     grid = [repr(float(e)) for e in energies]
-    lines = [",".join(header), ",".join([dna.ENERGY_ROW, ""] + grid + grid)]
-    for (primary, complement), values in zip(duplexes, spectra):
-        lines.append(",".join([primary, complement] + [f"{v:.6g}" for v in values.ravel()]))
+    lines = [",".join(header), ",".join([dna.ENERGY_ROW, "", ""] + grid + grid)]
+    for (primary, complement), k, values in zip(duplexes, contacts or [None] * len(duplexes),
+                                                spectra):
+        lines.append(",".join([primary, complement, dft_data.format_contacts(k)] +
+                              [f"{v:.6g}" for v in values.ravel()]))
     return "\n".join(lines) + "\n"
 
 

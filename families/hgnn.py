@@ -26,15 +26,14 @@ class HamiltonianGNNFamily(TransportGNNFamily):
     name = "hgnn"
     # The gnn family's defaults. Measured on 900 built-in duplexes (tiny, eta 1e-6): lr 3e-3
     # led after 3 epochs (val R² of T 0.84 against 0.73 with 1e-3) but its loss jumped back
-    # up in the 4th (R² 0.57), while 1e-3 kept improving (0.78). An epoch costs ~18x gnn's
-    # (the NEGF inverts n_energies matrices per duplex): 3.6 s against 0.2 s for 900 duplexes.
-    defaults = {"num_samples": 2000, "epochs": 20, "batch_size": 64, "lr": 1e-3,
-                "warmup_steps": 50}
+    # up in the 4th (R² 0.57), while 1e-3 kept improving (0.78). An epoch costs ~20x gnn's
+    # (the NEGF inverts n_energies matrices per duplex): 14.1 s against 0.7 s for 4,000.
+    defaults = TransportGNNFamily.defaults
 
-    def fit_config(self, config, dataset):
+    def fit_config(self, config, dataset, settings):
         """The model's NEGF runs on the data's grid: its size and ends."""
         grid = dataset.checkpoint_extras["energy_grid"]
-        return replace(super().fit_config(config, dataset),
+        return replace(super().fit_config(config, dataset, settings),
                        energy_min=float(grid[0]), energy_max=float(grid[-1]))
 
     def prepare_fresh_model(self, model, dataset):
@@ -46,15 +45,17 @@ class HamiltonianGNNFamily(TransportGNNFamily):
         """--predict SEQUENCES|FILE: the gnn family's CSV of log10 T(E) and log10 DOS(E), and a
         companion JSON of each duplex's predicted Hamiltonian and local DOS."""
         text, report = super().use_trained(explicit, model, state, settings, where)
-        duplexes = read_duplexes(explicit["predict"])   # what super() predicted for
+        # What super() predicted for
+        duplexes, contacts = read_duplexes(explicit["predict"], explicit.get("contacts"))
         return (text, f"{report}, with each duplex's Hamiltonian and local DOS",
-                {HAMILTONIANS_SUFFIX: hamiltonians_json(model, duplexes)})
+                {HAMILTONIANS_SUFFIX: hamiltonians_json(model, duplexes, contacts)})
 
 
 @torch.no_grad()
-def hamiltonians(model, duplexes):
+def hamiltonians(model, duplexes, contacts=None):
     """models.HamiltonianGNN.hamiltonian for each duplex, in batches of 256."""
-    graphs = dna.GraphData(duplexes, np.zeros((len(duplexes), 2, model.config.n_energies)))
+    graphs = dna.GraphData(duplexes, np.zeros((len(duplexes), 2, model.config.n_energies)),
+                           contacts)
     out = []
     for start in range(0, len(duplexes), 256):
         out += model.hamiltonian(graphs.batch(torch.arange(start,
@@ -62,7 +63,7 @@ def hamiltonians(model, duplexes):
     return out
 
 
-def hamiltonians_json(model, duplexes):
+def hamiltonians_json(model, duplexes, contacts=None):
     """The predicted Hamiltonians as JSON: the energy grid and eta, then per duplex its sites
     (base, strand, position 5'->3' in that strand, on-site energy, LDOS(E)), couplings (two
     site indices, kind, eV) and electrode contacts (site, gamma), energies in eV."""
@@ -70,7 +71,7 @@ def hamiltonians_json(model, duplexes):
         return float(f"{value:.6g}")
 
     records = []
-    for (primary, complement), h in zip(duplexes, hamiltonians(model, duplexes)):
+    for (primary, complement), h in zip(duplexes, hamiltonians(model, duplexes, contacts)):
         bases, _ = tight_binding.duplex_sites(primary, complement)
         positions = [("primary", k) for k in range(len(primary))] + [
             ("complement", j) for j, b in enumerate(complement) if b != tight_binding.MISSING]
@@ -86,7 +87,7 @@ def hamiltonians_json(model, duplexes):
                     for side in ("left", "right")}
         records.append({"sequence": primary, "complement": complement, "sites": sites,
                         "couplings": couplings, "contacts": contacts})
-    return json.dumps({"energies_eV": model.energy_grid.tolist(), "eta_eV": model.config.eta,
+    return json.dumps({"energies_eV": model.energy_grid.tolist(), "eta_eV": model.eta,
                        "duplexes": records}, indent=1) + "\n"
 
 
