@@ -26,8 +26,8 @@ class HamiltonianGNNFamily(TransportGNNFamily):
     name = "hgnn"
     # The gnn family's defaults. Measured on 900 built-in duplexes (tiny, eta 1e-6): lr 3e-3
     # led after 3 epochs (val R² of T 0.84 against 0.73 with 1e-3) but its loss jumped back
-    # up in the 4th (R² 0.57), while 1e-3 kept improving (0.78). An epoch costs ~20x gnn's
-    # (the NEGF inverts n_energies matrices per duplex): 14.1 s against 0.7 s for 4,000.
+    # up in the 4th (R² 0.57), while 1e-3 kept improving (0.78). An epoch costs ~5x gnn's
+    # (the NEGF inverts n_energies matrices per duplex): 3.9 s against 0.8 s for 4,000.
     defaults = TransportGNNFamily.defaults
 
     def fit_config(self, config, dataset, settings):
