@@ -507,29 +507,55 @@ def read_progress(path):
 # Random number generator state
 # --------------------------------------------------------------------------------------------
 
-def capture_rng_state():
-    """Every RNG a training step can draw from, as tensors and plain values."""
+def capture_rng_state(device=None):
+    """Every RNG a training step can draw from, as tensors and plain values. For CUDA, the
+    training device's generator only (`cuda` holds one state, or none on the CPU): the other
+    GPUs' streams are not this process's to continue."""
     _, keys, position, has_gauss, cached = np.random.get_state()
+    on_cuda = device is not None and torch.device(device).type == "cuda"
     return {
         "python": list(random.getstate()[1]) + [random.getstate()[2]],
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if on_cuda else [],
     }
 
 
-def restore_rng_state(state):
-    """Restore what `capture_rng_state` saved. CUDA states are restored only when the same
-    number of devices is present (a CPU checkpoint on a GPU machine keeps fresh CUDA seeds)."""
+def restore_rng_state(state, device=None, reseed=None):
+    """Restore what `capture_rng_state` saved. On a CUDA `device` its generator continues the
+    saved training device's stream; where the checkpoint has none that fits (saved on the
+    CPU, or before states were saved per training device, with another number of GPUs
+    visible), it is seeded with `reseed` instead, and the returned line says so (None when
+    nothing needed saying)."""
     python = state["python"]
     random.setstate((3, tuple(python[:-1]), python[-1]))
     numpy = state["numpy"]
     np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
                          numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is None or torch.device(device).type != "cuda":
+        return None
+    device = torch.device(device)
+    saved = list(state.get("cuda") or [])
+    # One state is the training device's (also in the older layout, which saved every
+    # visible GPU's, when one was visible); several are the older layout, usable only with
+    # as many GPUs visible.
+    if len(saved) == 1:
+        chosen = saved[0]
+    elif saved and len(saved) == torch.cuda.device_count():
+        chosen = saved[device.index if device.index is not None else torch.cuda.current_device()]
+    else:
+        chosen = None
+    if chosen is not None:
+        torch.cuda.set_rng_state(chosen, device)
+        return None
+    with torch.cuda.device(device):
+        torch.cuda.manual_seed(reseed)
+    why = ("it was saved on the CPU" if not saved else
+           f"it holds {len(saved)} GPU states and {torch.cuda.device_count()} GPUs are visible")
+    return (f"Note: the checkpoint has no CUDA random state for this device ({why}): CUDA "
+            f"draws (dropout) continue from a seed of (--seed, rank, step), not the saved stream")
 
 
 # --------------------------------------------------------------------------------------------

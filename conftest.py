@@ -37,10 +37,12 @@ def train_command(args, fault=None, nproc=1):
     return [sys.executable, str(REPO / "train.py"), *map(str, args)]
 
 
-def run_train(args, cwd, fault=None, timeout=300, nproc=1):
-    """Run train.py to its end; returns the CompletedProcess (text stdout and stderr)."""
+def run_train(args, cwd, fault=None, timeout=300, nproc=1, env=None):
+    """Run train.py to its end; returns the CompletedProcess (text stdout and stderr).
+    `env`: variables to set on top of this process's environment."""
     return subprocess.run(train_command(args, fault, nproc), cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def children(pid):

@@ -30,9 +30,10 @@ def _json_safe(value):
 
 
 def progress_record(run_state, progress, settings, last_checkpoint, save_error, steps_per_epoch,
-                    save_stalls=(), eta=None):
+                    save_stalls=(), eta=None, caveats=()):
     """The dict written to NAME_progress.json. `save_stalls`: seconds the training loop was
-    blocked by each save of this process (the snapshot; the write runs in the background)."""
+    blocked by each save of this process (the snapshot; the write runs in the background).
+    `caveats`: why this run would not resume bit-identically (none: it would)."""
     stalls = {"saves": len(save_stalls),
               "mean_s": sum(save_stalls) / len(save_stalls) if save_stalls else None,
               "max_s": max(save_stalls, default=None)}
@@ -55,9 +56,16 @@ def progress_record(run_state, progress, settings, last_checkpoint, save_error, 
         "last_save_error": save_error,
         "checkpoint_stall": stalls,
         "eta": eta,
+        "exact_resume": {"expected": not caveats, "caveats": list(caveats)},
         "args": settings,
         "history": progress.history,
     })
+
+
+def _exactness(exact):
+    if not exact or exact["expected"]:
+        return "yes (a resumed run is bit-identical to an uninterrupted one)"
+    return "no: " + "; ".join(exact["caveats"])
 
 
 def status_text(record, measure_lines=()):
@@ -89,6 +97,7 @@ def status_text(record, measure_lines=()):
         f"Last Checkpoint: {last_text}",
         f"Last Save Error: {error['error'] + ' at ' + error['time'] if error else 'none'}",
         f"ETA: {record.get('eta') or 'n/a'}",
+        f"Exact Resume: {_exactness(record.get('exact_resume'))}",
         f"Last Update: {record['timestamp']}",
     ]
     return "\n".join(lines) + "\n"

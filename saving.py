@@ -54,7 +54,7 @@ class SavePoints:
             "timestamp": report.now_iso(),
             "global_step": self.progress.global_step,
             "step_in_epoch": self.progress.step_in_epoch,
-            "rng_state": ckpt.capture_rng_state(),
+            "rng_state": ckpt.capture_rng_state(self.device),
             "format_version": ckpt.FORMAT_VERSION,
             "data_fingerprint": self.dataset.fingerprint,
             "world_size": self.procs.world_size,
@@ -74,7 +74,8 @@ class SavePoints:
 
         Under torchrun every rank calls this at the same step: rank 0 gathers the others' RNG
         states (their dropout streams differ) and is the only one that writes."""
-        rng_states = self.procs.gather(ckpt.capture_rng_state()) if self.procs.active else None
+        rng_states = (self.procs.gather(ckpt.capture_rng_state(self.device))
+                      if self.procs.active else None)
         if not self.procs.main:
             return
         self.collect_save(block=True)   # at most one write in flight
@@ -159,7 +160,8 @@ class SavePoints:
                                       self.steps_left(steps_in_epoch)[1])
         record = report.progress_record(state, self.progress, self.settings,
                                         self.last_checkpoint, self.save_error,
-                                        self.steps_per_epoch, self.save_stalls, eta)
+                                        self.steps_per_epoch, self.save_stalls, eta,
+                                        self.caveats)
         try:
             report.write_run_files(self.run, record,
                                    self.family.status_lines(self.progress.history))

@@ -20,7 +20,7 @@ from messages import UsageError, check
 DIST_TIMEOUT_MINUTES = 30.0
 COMMON_DEFAULTS = {
     "model": families.NAMES[0], "config": "tiny", "data": None, "val_fraction": 0.1, "seed": 0,
-    "weight_decay": 0.01, "grad_clip": 1.0, "lr_schedule": "constant", "device": "auto",
+    "weight_decay": 0.01, "grad_clip": 1.0, "lr_schedule": "constant",
     "eval_interval": 1, "eval_samples": 100, "name": None, "checkpoint_dir": "checkpoints",
     "checkpoint_frequency": 1, "checkpoint_every_steps": 0, "checkpoint_every_minutes": 10.0,
     "output_dir": None, "precision": "fp32", "keep_last": None, "keep_every": None,
@@ -98,7 +98,9 @@ def check_writable_folder(folder, flag):
 
 def resolve_device(name, procs):
     """The torch device for --device. Under torchrun, `cuda` (or `auto` with CUDA) means the
-    GPU of this process's LOCAL_RANK."""
+    GPU of this process's LOCAL_RANK. A device this process cannot have is its own error
+    (UsageError.this_rank): under torchrun, a rank whose GPU is missing says so itself, since
+    rank 0 may have its GPU and not know."""
     name = name or "auto"
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -107,11 +109,16 @@ def resolve_device(name, procs):
     except RuntimeError:
         raise UsageError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})") from None
     if device.type == "cuda":
-        check(torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available here",
+                             this_rank=procs.active)
         if device.index is None and procs.active:
             device = torch.device("cuda", procs.local_rank)
-        check(device.index is None or device.index < torch.cuda.device_count(),
-              f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this process needs cuda:{device.index}, but "
+                             f"only {torch.cuda.device_count()} CUDA device(s) are visible"
+                             + (" (fewer GPUs than --nproc_per_node?)" if procs.active else ""),
+                             this_rank=procs.active)
         if device.index is not None:
             torch.cuda.set_device(device)
     else:

@@ -299,7 +299,7 @@ def build_training_objects(explicit, settings, family, config, dataset, device, 
     if state is None:
         return model, optimizer, scheduler, scaler, Progress.start(family.measures)
     restore(state, model, optimizer, scheduler, settings, explicit, steps_per_epoch)
-    restore_rank_rng(state, settings, procs)
+    restore_rank_rng(state, settings, procs, device)
     if scaler.is_enabled() and "scaler_state_dict" in state:
         scaler.load_state_dict(state["scaler_state_dict"])
     return model, optimizer, scheduler, scaler, Progress.from_checkpoint(state, family.measures)
@@ -369,7 +369,6 @@ def restore(state, model, optimizer, scheduler, settings, explicit, steps_per_ep
     if settings["lr_schedule"] == "cosine" and planned != schedule.total_steps:
         say(f"Note: the cosine schedule keeps its original length ({schedule.total_steps} steps);"
             f" --epochs {settings['epochs']} now plans {planned}")
-    ckpt.restore_rng_state(state["rng_state"])
 
 
 def rank_seed(seed, rank):
@@ -378,14 +377,18 @@ def rank_seed(seed, rank):
     return int(np.random.SeedSequence([seed, 7, rank]).generate_state(1)[0])
 
 
-def restore_rank_rng(state, settings, procs):
+def restore_rank_rng(state, settings, procs, device):
     """Each rank continues its own saved random stream. Ranks that did not exist when the
-    checkpoint was saved (an elastic resume to more processes) start a seeded one."""
+    checkpoint was saved (an elastic resume to more processes) start a seeded one, as does a
+    CUDA generator the checkpoint has no state for (said once, by rank 0)."""
     saved = state.get("rng_state_per_rank") or [state["rng_state"]]
+    reseed = rank_seed(settings["seed"], procs.rank) + state["global_step"]
     if procs.rank < len(saved):
-        ckpt.restore_rng_state(saved[procs.rank])
+        note = ckpt.restore_rng_state(saved[procs.rank], device, reseed)
+        if note and procs.main:
+            say(note)
     else:
-        torch.manual_seed(rank_seed(settings["seed"], procs.rank) + state["global_step"])
+        torch.manual_seed(reseed)   # every device's generator, CUDA included
 
 
 def describe_world_change(state, procs):

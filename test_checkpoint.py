@@ -147,6 +147,69 @@ def test_rng_state_round_trip_replays_every_generator():
     assert first[:2] == again[:2] and torch.equal(first[2], again[2])
 
 
+class FakeCuda:
+    """Enough of torch.cuda to run the CUDA branches of the RNG code on a CPU: `visible`
+    GPUs, each generator a recorded value."""
+
+    def __init__(self, monkeypatch, visible):
+        self.calls = []
+        self.current = 0
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(torch.cuda, "get_rng_state",
+                            lambda device=None: torch.tensor([100 + torch.device(device).index]))
+        monkeypatch.setattr(torch.cuda, "set_rng_state",
+                            lambda value, device=None: self.calls.append(
+                                ("set", int(value), str(device))))
+        monkeypatch.setattr(torch.cuda, "manual_seed",
+                            lambda seed: self.calls.append(("seed", seed, self.current)))
+        fake = self
+
+        class Device:
+            def __init__(self, device):
+                self.index = torch.device(device).index
+
+            def __enter__(self):
+                self.before, fake.current = fake.current, self.index
+
+            def __exit__(self, *exc):
+                fake.current = self.before
+        monkeypatch.setattr(torch.cuda, "device", Device)
+
+
+def test_cuda_rng_is_the_training_devices_and_never_silently_reset(monkeypatch):
+    cpu_state = ckpt.capture_rng_state()
+    fake = FakeCuda(monkeypatch, visible=2)
+    saved = ckpt.capture_rng_state("cuda:1")
+    assert [int(x) for x in saved["cuda"]] == [101]   # the training device's alone
+    # Its own state comes back, whichever GPU trains now.
+    assert ckpt.restore_rng_state(saved, torch.device("cuda:0"), reseed=7) is None
+    assert fake.calls == [("set", 101, "cuda:0")]
+    # Saved on the CPU: nothing to restore, so the device is reseeded, and it is said.
+    fake.calls.clear()
+    note = ckpt.restore_rng_state(cpu_state, torch.device("cuda:1"), reseed=7)
+    assert fake.calls == [("seed", 7, 1)]
+    assert note.startswith("Note: the checkpoint has no CUDA random state for this device (it "
+                           "was saved on the CPU)")
+    # The older layout (every visible GPU's state): used when the count matches ...
+    older = {**cpu_state, "cuda": [torch.tensor([5]), torch.tensor([6])]}
+    fake.calls.clear()
+    assert ckpt.restore_rng_state(older, torch.device("cuda:1"), reseed=7) is None
+    assert fake.calls == [("set", 6, "cuda:1")]
+    # ... and reseeded, with the reason, when it does not.
+    older["cuda"].append(torch.tensor([7]))
+    fake.calls.clear()
+    note = ckpt.restore_rng_state(older, torch.device("cuda:0"), reseed=9)
+    assert fake.calls == [("seed", 9, 0)] and "holds 3 GPU states and 2 GPUs are visible" in note
+
+
+def test_a_reseeded_cuda_generator_depends_on_seed_rank_and_step():
+    import startup
+    seeds = {startup.rank_seed(seed, rank) + step
+             for seed in (0, 1) for rank in (0, 1) for step in (0, 100)}
+    assert len(seeds) == 8
+
+
 def test_every_checkpoint_loads_with_the_documented_snippet(finished_run):
     snippet = ("import sys, torch, models\n"
                "for p in sys.argv[1:]:\n"

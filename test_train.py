@@ -226,11 +226,16 @@ def test_fresh_moves_the_old_run_aside_and_starts_over(tmp_path, capsys):
     assert load(folder / "gnn_tiny_latest.pt")["epoch"] == 1
 
 
-def test_a_cuda_checkpoint_resumes_on_cpu(tmp_path, monkeypatch, capsys):
-    """A checkpoint written on a GPU machine (its storages tagged 'cuda:0') resumes here."""
+@pytest.mark.parametrize("stored_device", ["cuda", "cuda:1"])
+def test_a_cuda_checkpoint_resumes_on_cpu(tmp_path, monkeypatch, capsys, stored_device):
+    """A checkpoint written on a GPU machine (its storages tagged 'cuda:0', and its args
+    naming the device, as checkpoints did before --device stopped being stored) resumes here
+    with the same command: --device belongs to the command, not to the run."""
     assert run_main([*GNN_ARGS, "--epochs", 1]) == 0
     latest = tmp_path / "checkpoints" / "gnn_tiny_latest.pt"
     state = load(latest)
+    assert "device" not in state["args"]
+    state["args"]["device"] = stored_device
     registry = list(torch.serialization._package_registry)
     torch.serialization.register_package(0, lambda storage: "cuda:0", lambda obj, loc: None)
     try:
@@ -241,10 +246,13 @@ def test_a_cuda_checkpoint_resumes_on_cpu(tmp_path, monkeypatch, capsys):
         with pytest.raises(RuntimeError, match="CUDA"):
             torch.load(latest, weights_only=True)   # really tagged for a GPU
     capsys.readouterr()
-    assert run_main([*GNN_ARGS, "--epochs", 2, "--device", "cpu"]) == 0
+    expected = "cpu" if not torch.cuda.is_available() else "cuda"
+    assert run_main([*GNN_ARGS, "--epochs", 2]) == 0   # no --device: auto, here
     out = capsys.readouterr().out
-    assert "Resuming from" in out and "on cpu" in out
-    assert load(latest)["epoch"] == 2
+    assert "Resuming from" in out and f"on {expected}" in out
+    assert load(latest)["epoch"] == 2 and "device" not in load(latest)["args"]
+    assert run_main([*GNN_ARGS, "--epochs", 3, "--device", "cpu"]) == 0
+    assert "on cpu" in capsys.readouterr().out
 
 
 def test_gnn_checkpoint_carries_the_energy_grid(tmp_path):
@@ -376,3 +384,27 @@ def test_configs_written_before_a_field_existed_load_with_its_default():
     assert model.eta == config.eta   # the broadening such a checkpoint validated with
     with pytest.raises(ValueError, match=r"missing \['hidden'\]"):
         models.config_from_dict({k: v for k, v in old.items() if k != "hidden"})
+
+
+def test_a_missing_gpu_is_the_error_of_the_rank_that_lacks_it(monkeypatch):
+    """Under torchrun a rank whose GPU is missing (fewer GPUs than --nproc_per_node) reports
+    it itself (train.py prints `rank N: ...` for such errors): rank 0 may have its GPU."""
+    import types
+    import settings
+    from messages import UsageError
+    rank_1 = types.SimpleNamespace(active=True, local_rank=1, rank=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UsageError) as e:
+        settings.resolve_device("cuda", rank_1)
+    assert e.value.this_rank
+    assert str(e.value) == ("--device cuda: this process needs cuda:1, but only 1 CUDA device(s) "
+                            "are visible (fewer GPUs than --nproc_per_node?)")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError) as e:
+        settings.resolve_device("cuda", rank_1)
+    assert e.value.this_rank and str(e.value) == "--device cuda: CUDA is not available here"
+    single = types.SimpleNamespace(active=False, local_rank=0, rank=0)
+    with pytest.raises(UsageError) as e:
+        settings.resolve_device("cuda", single)
+    assert not e.value.this_rank

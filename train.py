@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import background_save
 import data
+import determinism
 import distributed
 import families
 import models
@@ -116,11 +117,15 @@ def _add_training_flags(p):
                         "decades (default mse)")
     g.add_argument("--huber-delta", "--huber_delta", type=float, metavar="DECADES",
                    help="where --loss huber turns from quadratic to linear (default 1.0)")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto); may change on "
-                                    "resume")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto: cuda if there is "
+                                    "one); given per command, not stored")
     g.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES),
                    help="fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler whose "
                         "state is checkpointed); default fp32")
+    g.add_argument("--nondeterministic", action="store_true",
+                   help="allow kernels that add in any order (cuDNN autotuning, atomics): "
+                        "faster on a GPU, but a resumed run is then not bit-identical to an "
+                        "uninterrupted one; given per run command, not stored")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the training step's model call (the checkpoint holds "
                         "the plain module's state); given per run, not stored")
@@ -204,8 +209,11 @@ class Trainer(SavePoints):
 
     def __init__(self, settings, run, family, config, model, optimizer, scheduler, scaler,
                  dataset, device, progress, stop, procs, compile_model=False,
-                 staging_memory=None):
+                 staging_memory=None, caveats=None):
         self.settings, self.run, self.family, self.config = settings, run, family, config
+        # Why this run would not resume bit-identically (the status file says); the caller
+        # may add to the list while training.
+        self.caveats = caveats if caveats is not None else []
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.scaler = scaler
         self.autocast_dtype = AUTOCAST_DTYPES[settings["precision"]]
@@ -218,7 +226,11 @@ class Trainer(SavePoints):
                 step_loss = distributed.data_parallel(model, device)
         else:
             step_loss = model.loss
-        self.training_loss = torch.compile(step_loss) if compile_model else step_loss
+        # Dynamic shapes from the first call: batches differ in size (the last of an epoch,
+        # graphs of other sizes), and a resumed process must compile the same graph for its
+        # first batch as the uninterrupted one had compiled by then, not a static one.
+        self.training_loss = (torch.compile(step_loss, dynamic=True) if compile_model
+                              else step_loss)
         self.time_save_due = False   # under torchrun: rank 0's clock, agreed at each step
         self.dataset, self.device, self.progress, self.stop = dataset, device, progress, stop
         self.evaluation = families.Evaluation(model, dataset, device, self.autocast, settings,
@@ -492,7 +504,15 @@ def run_training(explicit, stop, procs):
             f"epochs: nothing to do (raise --epochs to train further, or --fresh to start over)")
         return EXIT_OK
     family = families.get(settings["model"])
-    device = resolve_device(settings["device"], procs)
+    # The device is the command's, not the run's (like --compile): a run started on a GPU
+    # resumes on a CPU-only machine with the same command, and a stored cuda:N never pins
+    # every torchrun rank to GPU N.
+    caveats = []   # what keeps this run from resuming bit-identically, for the status file
+    note = determinism.configure(not explicit.get("nondeterministic"))
+    if note:
+        say(note)
+        caveats.append(determinism.NONDETERMINISTIC_NOTE)
+    device = resolve_device(explicit.get("device", "auto"), procs)
     config = models.config_from_dict(state["config"]) if state else models.get_config(
         settings["model"], settings["config"])
     staging_memory = startup.reserve_staging_memory(state, config, device, procs)
@@ -530,8 +550,13 @@ def run_training(explicit, stop, procs):
         trainer = Trainer(settings, run, family, config, model, optimizer, scheduler, scaler,
                           dataset, device, progress, stop, procs,
                           compile_model=explicit.get("compile", False),
-                          staging_memory=staging_memory)
-        return train_to_the_end(trainer, procs)
+                          staging_memory=staging_memory, caveats=caveats)
+
+        def caveat(line):
+            say(line)
+            caveats.append(line.removeprefix("Note: "))
+        with determinism.Watch(caveat):
+            return train_to_the_end(trainer, procs)
     finally:
         if lock is not None:
             lock.release()
