@@ -279,7 +279,9 @@ def test_a_compiled_run_killed_mid_epoch_resumes_bit_identical_with_two_threads(
     assert killed.returncode == -9, killed.stderr
     resumed = run_train(args, tmp_path / "killed", env=two_threads, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming from" in resumed.stdout and "+ 3 steps" in resumed.stdout, resumed.stdout
+    # From step 12's save, or from the end of epoch 1 when the kill beat step 12's background
+    # write: either way a fresh process compiles again and continues.
+    assert "Resuming from" in resumed.stdout, resumed.stdout
     assert_same_run(load(tmp_path / "killed" / "checkpoints" / "gnn_tiny_latest.pt"),
                     load(tmp_path / "whole" / "checkpoints" / "gnn_tiny_latest.pt"))
     status = (tmp_path / "whole" / "checkpoints" / "gnn_tiny_status.txt").read_text()

@@ -20,3 +20,21 @@ def test_checkpoint_benchmark_smoke_run_prints_its_table_and_last_line():
     for row in ("train.py stall per save (2 saves", "process start to first step",
                 "gnn tiny: train.py / bare graphs/s", "Lightning ModelCheckpoint"):
         assert row in table, row
+
+
+def test_gpu_check_runs_every_check_in_a_dry_run_on_the_cpu():
+    """bench/gpu_check.py's logic (real runs, kills, comparisons) on the CPU, so that the GPU
+    check cannot rot between the sessions that have a GPU."""
+    import torch
+    script = str(REPO / "bench" / "gpu_check.py")
+    proc = subprocess.run([sys.executable, script, "--dry-run"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "gpu_checks=8 passed=8", proc.stdout
+    for name in ("identical gnn", "identical transformer", "resume gnn", "resume transformer",
+                 "precision-bf16 gnn", "precision-fp16 gnn", "to-cpu gnn", "determinism gnn"):
+        assert any(line.startswith(f"PASS {name}:") for line in lines), name
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, script], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.startswith("gpu_check: no CUDA device")

@@ -1,0 +1,218 @@
+"""GPU check: do the checkpoint promises hold on this GPU? One line per check, then
+`gpu_checks=N passed=M`; exit 0 when every check passed.
+
+    python bench/gpu_check.py              # one NVIDIA GPU, a few minutes
+    python bench/gpu_check.py --dry-run    # the same checks on the CPU with tiny runs (the
+                                           # test suite runs this, so the script cannot rot)
+
+Checks, each on real `train.py` processes (SIGKILL through fault_injection.py):
+    identical      two identical fresh runs end bit-identical (gnn, transformer)
+    resume         a run killed inside epoch 2 and rerun equals the uninterrupted run (both)
+    precision      the same with --precision bf16 and fp16 (fp16 resumes its gradient scaler)
+    compile        a compiled run killed and resumed against a compiled uninterrupted one
+    to-cpu         a checkpoint written on the GPU resumes on the CPU with the same command
+                   (CUDA_VISIBLE_DEVICES= hides the GPU)
+    determinism    what deterministic kernels cost: median epoch seconds with and without
+                   --nondeterministic (reported, passes if both runs finish)
+Not yet checked (printed as such): pinned staging bytes against the state's bytes, the medium
+transformer's stall and overhead on the GPU (bench/bench_checkpoint.py), and the two-GPU part
+(NCCL, a killed rank), which needs two visible GPUs.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import checkpoint as ckpt  # noqa: E402
+
+# Small runs: two epochs, mid-epoch saves every 4 steps, the kill inside epoch 2 (300
+# samples: 270 train, 17 steps an epoch; a dry run has 150: 135, 9 steps).
+RUNS = {
+    "gnn": ["--model", "gnn", "--batch-size", "16"],
+    "transformer": ["--batch-size", "16", "--eval-samples", "8"],
+}
+COMMON = ["--epochs", "2", "--checkpoint-every-steps", "4", "--checkpoint-every-minutes", "0"]
+SIZE = {"gpu": ("300", "step:24", "3000"), "dry": ("150", "step:12", "300")}
+COMPARED = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch",
+            "global_step", "step_in_epoch", "train_loss", "val_loss")
+
+
+def train(args, folder, fault=None, env=None):
+    """Run train.py (or fault_injection.py with a kill point) in `folder`; CompletedProcess."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = [str(REPO / "fault_injection.py"), fault] if fault else [str(REPO / "train.py")]
+    return subprocess.run([sys.executable, *script, *map(str, args)], cwd=folder,
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **(env or {})})
+
+
+def latest(folder, name):
+    return ckpt.load_checkpoint(folder / "checkpoints" / f"{name}_latest.pt")
+
+
+def differences(a, b):
+    """Names of the compared entries that differ between two checkpoints (bit for bit)."""
+    def same(x, y):
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(
+                x.cpu(), y.cpu())
+        if isinstance(x, dict):
+            return isinstance(y, dict) and x.keys() == y.keys() and all(
+                same(x[k], y[k]) for k in x)
+        if isinstance(x, (list, tuple)):
+            return len(x) == len(y) and all(same(u, v) for u, v in zip(x, y))
+        return x == y
+    return [key for key in COMPARED if not same(a.get(key), b.get(key))]
+
+
+class Check:
+    def __init__(self, work, device, size):
+        self.work, self.device, self.results = work, device, []
+        self.samples, self.kill_at, self.cost_samples = size
+
+    def report(self, name, passed, detail):
+        self.results.append(passed)
+        print(f"{'PASS' if passed else 'FAIL'} {name}: {detail}", flush=True)
+
+    def args(self, model, *extra):
+        return [*RUNS[model], "--num-samples", self.samples, *COMMON, "--device", self.device,
+                *extra]
+
+    def uninterrupted(self, model, tag, *extra):
+        folder = self.work / f"{model}-{tag}"
+        result = train(self.args(model, *extra), folder)
+        if result.returncode != 0:
+            raise RuntimeError(f"{model} {tag} run exited {result.returncode}: "
+                               f"{result.stderr.strip().splitlines()[-1:]}")
+        return folder, result
+
+    def killed_and_resumed(self, model, tag, *extra):
+        folder = self.work / f"{model}-{tag}-killed"
+        killed = train(self.args(model, *extra), folder, fault=self.kill_at)
+        if killed.returncode != -9:
+            raise RuntimeError(f"the kill at {self.kill_at} did not happen "
+                               f"(exit {killed.returncode})")
+        resumed = train(self.args(model, *extra), folder)
+        if resumed.returncode != 0:
+            raise RuntimeError(f"the rerun exited {resumed.returncode}: "
+                               f"{resumed.stderr.strip().splitlines()[-1:]}")
+        return folder, resumed
+
+    def run(self, name, function):
+        try:
+            function()
+        except Exception as e:   # one failed check must not hide the others
+            self.report(name, False, f"{type(e).__name__}: {e}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run every check on the CPU with tiny runs")
+    parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
+    options = parser.parse_args()
+    if not options.dry_run and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device is visible here (use --dry-run to exercise the checks "
+              "on the CPU)", file=sys.stderr)
+        return 2
+    device = "cpu" if options.dry_run else "cuda"
+    where = "CPU (dry run)" if options.dry_run else torch.cuda.get_device_name(0)
+    print(f"gpu_check on {where}, torch {torch.__version__}", flush=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as scratch:
+        check = Check(Path(options.workdir or scratch), device,
+                      SIZE["dry" if options.dry_run else "gpu"])
+        references = {}
+
+        def identical(model):
+            def run():
+                a, _ = check.uninterrupted(model, "a")
+                b, _ = check.uninterrupted(model, "b")
+                references[model] = latest(a, f"{model}_tiny")
+                differ = differences(references[model], latest(b, f"{model}_tiny"))
+                check.report(f"identical {model}", not differ,
+                             "two fresh runs bit-identical" if not differ
+                             else f"differ in {', '.join(differ)}")
+            return run
+
+        def resume(model, tag="resume", *extra):
+            def run():
+                reference = references.get(model) if not extra else None
+                if reference is None:
+                    folder, _ = check.uninterrupted(model, f"{tag}-ref", *extra)
+                    reference = latest(folder, f"{model}_tiny")
+                folder, rerun = check.killed_and_resumed(model, tag, *extra)
+                differ = differences(latest(folder, f"{model}_tiny"), reference)
+                exact = re.search(r"^Exact Resume: (.*)$", (
+                    folder / "checkpoints" / f"{model}_tiny_status.txt").read_text(), re.M)
+                detail = (f"killed at {check.kill_at}, resumed: "
+                          + ("bit-identical" if not differ else f"differs in {', '.join(differ)}")
+                          + f"; status says Exact Resume: {exact.group(1) if exact else '?'}")
+                # A run that says it is not exact may differ; one that says it is may not.
+                promised = exact is not None and exact.group(1).startswith("yes")
+                check.report(f"{tag} {model}", not differ or not promised, detail)
+            return run
+
+        def to_cpu():
+            folder = check.work / "to-cpu"
+            args = [*RUNS["gnn"], "--num-samples", check.samples, "--checkpoint-every-minutes",
+                    "0"]
+            first = train([*args, "--epochs", "1", "--device", device], folder)
+            # The same command, without --device as a user would rerun it, on a machine
+            # whose GPU is hidden.
+            again = train([*args, "--epochs", "2"], folder, env={"CUDA_VISIBLE_DEVICES": ""})
+            ok = first.returncode == 0 and again.returncode == 0 and "on cpu" in again.stdout
+            check.report("to-cpu gnn", ok, "a checkpoint from " + device + " resumed on the CPU "
+                         "with the same command" if ok else
+                         f"exits {first.returncode}, {again.returncode}: "
+                         f"{again.stderr.strip().splitlines()[-1:]}")
+
+        def determinism_cost():
+            seconds = {}
+            for tag, extra in (("deterministic", ()), ("nondeterministic",
+                                                       ("--nondeterministic",))):
+                _, result = check.uninterrupted("gnn", f"cost-{tag}", "--num-samples",
+                                                check.cost_samples, *extra)
+                times = [float(t) for t in re.findall(r"^Epoch \d+/\d+ \|.* \| ([\d.]+)s$",
+                                                      result.stdout, re.M)]
+                seconds[tag] = statistics.median(times)
+            check.report("determinism gnn", True,
+                         f"median epoch {seconds['deterministic']:.2f} s deterministic, "
+                         f"{seconds['nondeterministic']:.2f} s with --nondeterministic "
+                         f"({seconds['deterministic'] / seconds['nondeterministic']:.2f}x)")
+
+        for model in RUNS:
+            check.run(f"identical {model}", identical(model))
+            check.run(f"resume {model}", resume(model))
+        for precision in ("bf16", "fp16"):
+            check.run(f"precision {precision}", resume("gnn", f"precision-{precision}",
+                                                       "--precision", precision))
+        if options.dry_run:   # minutes of compiling; test_background_save covers the CPU
+            print("SKIPPED compile gnn: not in a dry run", flush=True)
+        else:
+            check.run("compile gnn", resume("gnn", "compile", "--compile"))
+        check.run("to-cpu gnn", to_cpu)
+        check.run("determinism gnn", determinism_cost)
+        for missing in ("pinned staging bytes against the state's bytes",
+                        "medium transformer stall, overhead and throughput on the GPU",
+                        "two GPUs: NCCL, a killed rank"):
+            print(f"NOT CHECKED {missing}: not implemented yet", flush=True)
+    passed = sum(check.results)
+    print(f"took {time.monotonic() - started:.0f} s")
+    print(f"gpu_checks={len(check.results)} passed={passed}")
+    return 0 if passed == len(check.results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
