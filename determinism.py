@@ -21,12 +21,13 @@ import torch
 
 # cuBLAS reads it when its first handle is created: set before any CUDA work.
 CUBLAS_WORKSPACE = ":4096:8"
-NONDETERMINISTIC_NOTE = ("--nondeterministic: kernels may add in any order, so a resumed run "
-                         "is close to, not bit-identical with, an uninterrupted one")
+NONDETERMINISTIC = ("--nondeterministic: kernels may add in any order, so a resumed run is "
+                    "close to, not bit-identical with, an uninterrupted one")
 
 
 def configure(deterministic):
-    """Set the process's kernels before the model is built; returns a line to print, or None."""
+    """Set the process's kernels before the model is built; returns the caveat this puts on
+    exact resume (NONDETERMINISTIC), or None."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -36,18 +37,18 @@ def configure(deterministic):
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.deterministic = False
-    return f"Note: {NONDETERMINISTIC_NOTE}"
+    return NONDETERMINISTIC
 
 
 class Watch:
     """A context in which PyTorch's "does not have a deterministic implementation" warnings
-    become one line for the user (through `say`), once per operation, instead of a Python
-    warning per call site. Other warnings pass through unchanged."""
+    become one caveat on exact resume, passed to `caveat(text)` once per operation, instead
+    of a Python warning per call site. Other warnings pass through unchanged."""
 
     MARK = "does not have a deterministic implementation"
 
-    def __init__(self, say):
-        self.say = say
+    def __init__(self, caveat):
+        self.caveat = caveat
         self.seen = set()
 
     def __enter__(self):
@@ -65,8 +66,8 @@ class Watch:
         operation = text.split(self.MARK)[0].strip()
         if operation not in self.seen:
             self.seen.add(operation)
-            self.say(f"Note: {operation} has no deterministic implementation on this device: "
-                     f"this run will not resume bit-identically")
+            self.caveat(f"{operation} has no deterministic implementation on this device: "
+                        f"this run will not resume bit-identically")
 
     def __exit__(self, *exc):
         return self._catch.__exit__(*exc)

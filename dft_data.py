@@ -60,7 +60,7 @@ import numpy as np
 from data import DataError, read_lines
 from tight_binding import COMPLEMENT as PAIR
 from tight_binding import GAMMA as DEFAULT_GAMMA   # 0.1 eV, G3NAT's default coupling too
-from tight_binding import MISSING, Contact, full_complement
+from tight_binding import MISSING, Contact, default_contacts, full_complement
 
 SPECTRUM_HEADER = ("energy_eV", "transmission", "dos")
 PICKLE_SUFFIXES = (".pkl", ".pickle")
@@ -140,13 +140,12 @@ def contacts_for_type(contact_type, gamma, primary, complement, where, field="co
     """G3NAT's placement: 'same' = left on p0, right on p{L-1}; 'cross' = left on p0, right on
     c0 (the 5' end of the complementary strand); both electrodes couple with `gamma` eV."""
     if contact_type == "same":
-        right = Contact("right", "primary", len(primary) - 1, gamma)
+        contacts = default_contacts(primary, gamma)
     elif contact_type == "cross":
-        right = Contact("right", "complement", 0, gamma)
+        contacts = (Contact("left", "primary", 0, gamma), Contact("right", "complement", 0, gamma))
     else:
         raise DataError(f"{where}: {field}: contact type {contact_type!r} is neither 'same' "
                         f"(both electrodes on the primary strand) nor 'cross'")
-    contacts = (Contact("left", "primary", 0, gamma), right)
     for c in contacts:
         _site(primary, complement, c.strand, c.base, where, field)
     return contacts

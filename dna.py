@@ -215,7 +215,6 @@ class GraphData:
         contacts = contacts or [None] * len(duplexes)
         graphs = [duplex_graph(p, c, k) for (p, c), k in zip(duplexes, contacts)]
         self.duplexes = list(duplexes)
-        self.contacts = list(contacts)
         self.node_count = torch.tensor([g[0].shape[0] for g in graphs])
         self.edge_count = torch.tensor([g[1].shape[1] for g in graphs])
         self.node_start = torch.cumsum(self.node_count, 0) - self.node_count

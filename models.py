@@ -333,7 +333,29 @@ class MessagePassingLayer(nn.Module):
         return h + F.dropout(update, self.dropout, self.training)
 
 
-class TransportGNN(nn.Module):
+class DuplexMessagePassing(nn.Module):
+    """What both DNA models share: node embedding and `n_layers` rounds of typed message
+    passing over a batch of duplex graphs (`node_states`). A subclass adds its heads after
+    calling this __init__ (so that a fresh model draws its weights in the same order)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Linear(config.node_features, config.hidden)
+        self.layers = nn.ModuleList(
+            MessagePassingLayer(config.hidden, config.num_edge_types, config.dropout)
+            for _ in range(config.n_layers))
+
+    def node_states(self, batch):
+        """(num_nodes, hidden) after the last layer."""
+        h = self.embed(batch["x"])
+        weight = edge_weights(batch)
+        for layer in self.layers:
+            h = layer(h, batch["edge_index"], batch["edge_type"], batch["inv_degree"], weight)
+        return h
+
+
+class TransportGNN(DuplexMessagePassing):
     """Predicts log10 T(E) and log10 DOS(E) on the energy grid for a batch of duplex graphs.
 
     Targets are learned standardised per energy; the mean and scale of the training targets
@@ -341,13 +363,8 @@ class TransportGNN(nn.Module):
     """
 
     def __init__(self, config):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         hidden = config.hidden
-        self.embed = nn.Linear(config.node_features, hidden)
-        self.layers = nn.ModuleList(
-            MessagePassingLayer(hidden, config.num_edge_types, config.dropout)
-            for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(3 * hidden)
         self.head = nn.Sequential(nn.Linear(3 * hidden, 2 * hidden), nn.GELU(),
                                   nn.Linear(2 * hidden, 2 * config.n_energies))
@@ -361,10 +378,7 @@ class TransportGNN(nn.Module):
 
     def forward(self, batch):
         """Standardised predictions (num_graphs, 2, n_energies)."""
-        h = self.embed(batch["x"])
-        weight = edge_weights(batch)
-        for layer in self.layers:
-            h = layer(h, batch["edge_index"], batch["edge_type"], batch["inv_degree"], weight)
+        h = self.node_states(batch)
         num_graphs = batch["left"].shape[0]
         bases = torch.zeros(num_graphs, h.shape[1], dtype=h.dtype, device=h.device)
         bases.index_add_(0, batch["graph"], h)
@@ -396,7 +410,7 @@ class TransportGNN(nn.Module):
 COUPLING_KINDS = ("backbone", "hbond")
 
 
-class HamiltonianGNN(nn.Module):
+class HamiltonianGNN(DuplexMessagePassing):
     """Predicts each duplex's tight-binding Hamiltonian (an on-site energy per base, a
     coupling per backbone and hydrogen-bond pair) and gets log10 T(E) and log10 DOS(E) from it
     through a differentiable NEGF layer, so every prediction comes from a physical H.
@@ -412,13 +426,8 @@ class HamiltonianGNN(nn.Module):
     """
 
     def __init__(self, config):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         hidden = config.hidden
-        self.embed = nn.Linear(config.node_features, hidden)
-        self.layers = nn.ModuleList(
-            MessagePassingLayer(hidden, config.num_edge_types, config.dropout)
-            for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(hidden)
         self.onsite_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
                                          nn.Linear(hidden, 1))
@@ -445,11 +454,7 @@ class HamiltonianGNN(nn.Module):
         """The batch's Hamiltonians, padded: a dict with H (B, N, N) float64, site_mask (B, N),
         gamma_left and gamma_right (B, N), and each coupling with its (graph, site i, site j,
         kind) (for `hamiltonian`)."""
-        h = self.embed(batch["x"])
-        weight = edge_weights(batch)
-        for layer in self.layers:
-            h = layer(h, batch["edge_index"], batch["edge_type"], batch["inv_degree"], weight)
-        h = self.norm(h)
+        h = self.norm(self.node_states(batch))
         graph, left = batch["graph"], batch["left"]
         num_graphs = left.shape[0]
         # A graph's nodes are contiguous: left electrode, right electrode, then its sites in

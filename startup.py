@@ -229,6 +229,10 @@ def check_disk_space(run, settings, config):
 def load_dataset(family, settings, config, state, source):
     """(the run's data, from its family; the config that fits it). Refused when the data is
     not what `state` trained on."""
+    # A flag the family does not take is refused before its data are read.
+    check(settings["loss"] is None or settings["loss"] in family.losses,
+          f"--loss does not apply to a {family.name} model" if not family.losses else
+          f"--loss {settings['loss']}: a {family.name} model takes {', '.join(family.losses)}")
     try:
         dataset = family.load_dataset(settings, config)
     except data.DataError as e:
@@ -236,9 +240,6 @@ def load_dataset(family, settings, config, state, source):
     if state is not None and state.get("data_fingerprint") != dataset.fingerprint:
         raise UsageError(f"the data differs from what {source} was trained on "
                          f"({settings['data'] or 'built-in data'}); use --fresh or another --name")
-    check(settings["loss"] is None or settings["loss"] in family.losses,
-          f"--loss does not apply to a {family.name} model" if not family.losses else
-          f"--loss {settings['loss']}: a {family.name} model takes {', '.join(family.losses)}")
     fitted = family.fit_config(config, dataset, settings)
     if state is not None and fitted != config:
         differing = [f"{k} {v} vs {getattr(fitted, k)}" for k, v in asdict(config).items()

@@ -509,10 +509,12 @@ def run_training(explicit, stop, procs):
     # resumes on a CPU-only machine with the same command, and a stored cuda:N never pins
     # every torchrun rank to GPU N.
     caveats = []   # what keeps this run from resuming bit-identically, for the status file
-    note = determinism.configure(not explicit.get("nondeterministic"))
-    if note:
-        say(note)
-        caveats.append(determinism.NONDETERMINISTIC_NOTE)
+
+    def caveat(text):
+        say(f"Note: {text}")
+        caveats.append(text)
+    if determinism.configure(not explicit.get("nondeterministic")):
+        caveat(determinism.NONDETERMINISTIC)
     device = resolve_device(explicit.get("device", "auto"), procs)
     config = models.config_from_dict(state["config"]) if state else models.get_config(
         settings["model"], settings["config"])
@@ -552,10 +554,6 @@ def run_training(explicit, stop, procs):
                           dataset, device, progress, stop, procs,
                           compile_model=explicit.get("compile", False),
                           staging_memory=staging_memory, caveats=caveats)
-
-        def caveat(line):
-            say(line)
-            caveats.append(line.removeprefix("Note: "))
         with determinism.Watch(caveat):
             return train_to_the_end(trainer, procs)
     finally:

@@ -74,14 +74,14 @@ def use_trained_model(explicit):
     where = f"{path} (epoch {state['epoch']}, val loss {val})"
     output = Path(explicit.get("output") or folder / family.use_output.format(name=run_name))
     try:
-        text, report, *more = family.use_trained(explicit, model, state,
-                                                 merge_settings({}, state["args"]), where)
+        text, report, companions = family.use_trained(explicit, model, state,
+                                                      merge_settings({}, state["args"]), where)
     except data.DataError as e:
         raise UsageError(str(e)) from None
     # Companion files go next to the output: its name with the family's suffix for the
     # extension (p.csv -> p_hamiltonians.json), so each output keeps its own.
     companions = {output.with_name(output.stem + suffix): content
-                  for suffix, content in (more[0] if more else {}).items()}
+                  for suffix, content in companions.items()}
     check_writable_folder(output.parent, "--output")
     ckpt.write_text(output, text)
     for path, content in companions.items():

@@ -78,9 +78,9 @@ class Family:
 
     def use_trained(self, explicit, model, state, settings, where):
         """Do --sample or --predict with a loaded model (`where`: the checkpoint, as the report
-        names it). Returns (output text, report line), or (output text, report line,
-        {suffix: text}) for companion files, each written next to the output as its name
-        with the suffix in place of its extension; data.DataError for bad input."""
+        names it). Returns (output text, report line, {suffix: text} of companion files, each
+        written next to the output as its name with the suffix in place of its extension;
+        usually empty); data.DataError for bad input."""
         raise NotImplementedError
 
 

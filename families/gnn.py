@@ -129,6 +129,11 @@ class TransportGNNFamily(Family):
     def use_trained(self, explicit, model, state, settings, where):
         """--predict SEQUENCES|FILE: CSV of predicted log10 T(E) and log10 DOS(E)."""
         duplexes, contacts = read_duplexes(explicit["predict"], explicit.get("contacts"))
+        return (*self.predicted_spectra(model, state, where, duplexes, contacts), {})
+
+    @staticmethod
+    def predicted_spectra(model, state, where, duplexes, contacts):
+        """(the --predict CSV, the report line) for the duplexes."""
         spectra = predict(model, duplexes, contacts)
         grid = state["energy_grid"].numpy()
         report = (f"Predicted log10 T(E) and log10 DOS(E) for {len(duplexes)} duplexes with "
@@ -173,13 +178,18 @@ def read_duplexes(text, contacts_text=None):
     return duplexes, contacts
 
 
+def graph_batches(model, duplexes, contacts=None, size=256):
+    """The duplexes' graphs (without targets) in batches of `size`, for a trained model."""
+    graphs = dna.GraphData(duplexes, np.zeros((len(duplexes), 2, model.config.n_energies)),
+                           contacts)
+    for start in range(0, len(duplexes), size):
+        yield graphs.batch(torch.arange(start, min(start + size, len(duplexes))))
+
+
 @torch.no_grad()
 def predict(model, duplexes, contacts=None):
     """log10 T(E) and log10 DOS(E), float64 (N, 2, n_energies)."""
-    graphs = dna.GraphData(duplexes, np.zeros((len(duplexes), 2, model.config.n_energies)),
-                           contacts)
-    out = [model.predict(graphs.batch(torch.arange(i, min(i + 256, len(duplexes)))))
-           for i in range(0, len(duplexes), 256)]
+    out = [model.predict(batch) for batch in graph_batches(model, duplexes, contacts)]
     return torch.cat(out).double().numpy()
 
 

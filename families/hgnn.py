@@ -11,12 +11,10 @@ each duplex next to the CSV, as NAME_hamiltonians.json for NAME.csv.
 import json
 from dataclasses import replace
 
-import numpy as np
 import torch
 
-import dna
 import tight_binding
-from families.gnn import TransportGNNFamily, read_duplexes
+from families.gnn import TransportGNNFamily, graph_batches, read_duplexes
 from models import COUPLING_KINDS
 
 HAMILTONIANS_SUFFIX = "_hamiltonians.json"
@@ -44,9 +42,8 @@ class HamiltonianGNNFamily(TransportGNNFamily):
     def use_trained(self, explicit, model, state, settings, where):
         """--predict SEQUENCES|FILE: the gnn family's CSV of log10 T(E) and log10 DOS(E), and a
         companion JSON of each duplex's predicted Hamiltonian and local DOS."""
-        text, report = super().use_trained(explicit, model, state, settings, where)
-        # What super() predicted for
         duplexes, contacts = read_duplexes(explicit["predict"], explicit.get("contacts"))
+        text, report = self.predicted_spectra(model, state, where, duplexes, contacts)
         return (text, f"{report}, with each duplex's Hamiltonian and local DOS",
                 {HAMILTONIANS_SUFFIX: hamiltonians_json(model, duplexes, contacts)})
 
@@ -54,13 +51,8 @@ class HamiltonianGNNFamily(TransportGNNFamily):
 @torch.no_grad()
 def hamiltonians(model, duplexes, contacts=None):
     """models.HamiltonianGNN.hamiltonian for each duplex, in batches of 256."""
-    graphs = dna.GraphData(duplexes, np.zeros((len(duplexes), 2, model.config.n_energies)),
-                           contacts)
-    out = []
-    for start in range(0, len(duplexes), 256):
-        out += model.hamiltonian(graphs.batch(torch.arange(start,
-                                                           min(start + 256, len(duplexes)))))
-    return out
+    return [h for batch in graph_batches(model, duplexes, contacts)
+            for h in model.hamiltonian(batch)]
 
 
 def hamiltonians_json(model, duplexes, contacts=None):

@@ -111,7 +111,7 @@ class AntibodyLanguageModel(Family):
         report = (f"Sampled {n} sequences from {where}, temperature {temperature:g}{nucleus}, "
                   f"seed {seed}: {validity}, diversity "
                   f"{100 * metrics.diversity(sequences):.1f}%{novelty}")
-        return fasta(sequences, f"sample_t{temperature:g}_seed{seed}"), report
+        return fasta(sequences, f"sample_t{temperature:g}_seed{seed}"), report, {}
 
 
 def _percent(value):
