@@ -19,26 +19,39 @@ from data import STREAM_ANTIBODY, DataError, read_lines
 # --------------------------------------------------------------------------------------------
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>")
-PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+# <sep> joins a pair's heavy and light chains ("HEAVY|LIGHT" in text). It took the id of an
+# unused <mask> token, so checkpoints of heavy-chain models keep their meaning.
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>", "<sep>")
+PAD_ID, BOS_ID, EOS_ID, UNK_ID, SEP_ID = range(len(SPECIAL_TOKENS))
 VOCAB_SIZE = len(SPECIAL_TOKENS) + len(AMINO_ACIDS)
+CHAIN_SEPARATOR = "|"
 _TOKEN_OF = {aa: len(SPECIAL_TOKENS) + i for i, aa in enumerate(AMINO_ACIDS)}
+_TOKEN_OF[CHAIN_SEPARATOR] = SEP_ID
 
 
 def encode(sequence):
-    """Token ids for `<bos> sequence <eos>`."""
+    """Token ids for `<bos> sequence <eos>`; a '|' between two chains is <sep>."""
     return [BOS_ID] + [_TOKEN_OF.get(aa, UNK_ID) for aa in sequence] + [EOS_ID]
 
 
+def encode_residues(sequence):
+    """Token ids of the residues alone (an antigen: no <bos>, <eos> or <sep>)."""
+    return [_TOKEN_OF.get(aa, UNK_ID) for aa in sequence]
+
+
 def decode(token_ids):
-    """The residues of a sampled token sequence, up to its first <eos>; other special tokens
-    become 'X' so that they count against validity."""
+    """The residues of a sampled token sequence, up to its first <eos>, with <sep> as '|';
+    other special tokens become 'X' so that they count against validity."""
     residues = []
     for t in token_ids:
         t = int(t)
         if t == EOS_ID or t == PAD_ID:
             break
-        residues.append(AMINO_ACIDS[t - len(SPECIAL_TOKENS)] if t >= len(SPECIAL_TOKENS) else "X")
+        if t == SEP_ID:
+            residues.append(CHAIN_SEPARATOR)
+        else:
+            residues.append(AMINO_ACIDS[t - len(SPECIAL_TOKENS)] if t >= len(SPECIAL_TOKENS)
+                            else "X")
     return "".join(residues)
 
 
@@ -221,3 +234,46 @@ class SequenceData:
         width = int(self.lengths[indices].max())
         rows = self.tokens[indices, :width]
         return {"input": rows[:, :-1], "target": rows[:, 1:]}
+
+
+class ConditionedData:
+    """Antibodies (as SequenceData) with each record's condition: its antigen's residue
+    tokens (padded with <pad>, cropped to `max_antigen_len`) and its pKd, each of which may
+    be absent. A batch adds `antigen`, `has_antigen`, `pkd` and `has_pkd` to the tokens."""
+
+    def __init__(self, antibodies, antigens, pkds, max_len, max_antigen_len):
+        self.antibodies = SequenceData(antibodies, max_len)
+        self.sequences = self.antibodies.sequences
+        self.antigens = list(antigens)
+        self.pkds = list(pkds)
+        encoded = [encode_residues(a[:max_antigen_len]) if a else [] for a in self.antigens]
+        width = max(1, max(map(len, encoded), default=1))
+        self.antigen_tokens = torch.full((len(encoded), width), PAD_ID, dtype=torch.long)
+        for i, e in enumerate(encoded):
+            self.antigen_tokens[i, :len(e)] = torch.tensor(e, dtype=torch.long)
+        self.antigen_lengths = torch.tensor([len(e) for e in encoded])
+        self.has_antigen = self.antigen_lengths > 0
+        self.pkd = torch.tensor([p if p is not None else 0.0 for p in self.pkds],
+                                dtype=torch.float32)
+        self.has_pkd = torch.tensor([p is not None for p in self.pkds])
+
+    def __len__(self):
+        return len(self.antibodies)
+
+    def batch(self, indices):
+        batch = self.antibodies.batch(indices)
+        width = max(1, int(self.antigen_lengths[indices].max()))
+        batch.update(antigen=self.antigen_tokens[indices, :width],
+                     has_antigen=self.has_antigen[indices], pkd=self.pkd[indices],
+                     has_pkd=self.has_pkd[indices])
+        return batch
+
+
+def condition(antigen, pkd, max_antigen_len):
+    """One sampling condition (a one-row batch of condition tensors) for an antigen sequence
+    and a pKd, either of which may be None."""
+    tokens = encode_residues(antigen[:max_antigen_len]) if antigen else [PAD_ID]
+    return {"antigen": torch.tensor([tokens], dtype=torch.long),
+            "has_antigen": torch.tensor([bool(antigen)]),
+            "pkd": torch.tensor([pkd if pkd is not None else 0.0], dtype=torch.float32),
+            "has_pkd": torch.tensor([pkd is not None])}

@@ -18,12 +18,15 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # Small runs that still cover every code path; a test adds --epochs and its own flags.
 TRANSFORMER_ARGS = ("--num-samples", "160", "--batch-size", "16", "--eval-samples", "8",
                     "--checkpoint-every-minutes", "0")
+SEQ2SEQ_ARGS = ("--model", "seq2seq", "--num-samples", "120", "--batch-size", "16",
+                "--eval-samples", "4", "--checkpoint-every-minutes", "0")
 GNN_ARGS = ("--model", "gnn", "--num-samples", "300", "--batch-size", "16",
             "--checkpoint-every-minutes", "0")
 HGNN_ARGS = ("--model", "hgnn", "--num-samples", "300", "--batch-size", "16",
              "--checkpoint-every-minutes", "0")
-MODEL_ARGS = {"transformer": TRANSFORMER_ARGS, "gnn": GNN_ARGS, "hgnn": HGNN_ARGS}
-RUN_NAME = {"transformer": "transformer_tiny", "gnn": "gnn_tiny", "hgnn": "hgnn_tiny"}
+MODEL_ARGS = {"transformer": TRANSFORMER_ARGS, "seq2seq": SEQ2SEQ_ARGS, "gnn": GNN_ARGS,
+              "hgnn": HGNN_ARGS}
+RUN_NAME = {name: f"{name}_tiny" for name in MODEL_ARGS}
 
 
 def train_command(args, fault=None, nproc=1):

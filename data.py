@@ -15,6 +15,7 @@ import torch
 # The numpy random streams, one per use, all seeded by (--seed, stream): a new use takes a new
 # number, so that no existing stream (and no existing run) changes.
 STREAM_ANTIBODY, STREAM_DNA, STREAM_SPLIT, STREAM_EPOCH = 1, 2, 3, 4
+STREAM_BINDERS, STREAM_HELD_OUT_ANTIGENS = 5, 6
 
 
 class DataError(Exception):
@@ -29,6 +30,7 @@ class Dataset:
     val: torch.Tensor
     fingerprint: str        # data.fingerprint of what defines the samples
     checkpoint_extras: dict = field(default_factory=dict)   # saved in every checkpoint
+    test: torch.Tensor = None   # --test-data: scored once, at the end, with the best model
 
 
 def read_lines(path):
@@ -103,3 +105,53 @@ def split_dataset(samples, settings, fingerprint_, source, checkpoint_extras=Non
         # it must not resume on this one as if nothing changed.
         fingerprint_ = fingerprint(fingerprint_, "grouped split")
     return Dataset(samples, train, val, fingerprint_, checkpoint_extras or {})
+
+
+@dataclass
+class Splits:
+    """Which records train, validate and test, as index tensors into the records."""
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor = None
+    fixed: bool = False     # --val-data gave the validation set
+
+
+def records_and_splits(settings, read, builtin, groups_of=None):
+    """(records, Splits, source) of a run's data: --data (or --train-data) or the built-in
+    records, capped at --max-samples, split by --val-fraction and --seed (by whole groups,
+    `groups_of(records)`, where given), or validated on --val-data; --test-data is appended
+    after them. `read(path)` returns a file's records as a list, `builtin()` the built-in
+    ones. DataError when there are too few to train and validate."""
+    main_path = settings.get("train_data") or settings["data"]
+    source = main_path or "built-in data"
+    main = read(main_path) if main_path else builtin()
+    if settings.get("max_samples"):
+        main = main[:settings["max_samples"]]
+    val = read(settings["val_data"]) if settings.get("val_data") else None
+    test = read(settings["test_data"]) if settings.get("test_data") else None
+    records = main + (val or []) + (test or [])
+    n = len(main)
+    if val is not None:
+        if not main:
+            raise DataError(f"{source}: no records to train on")
+        train_idx, val_idx = torch.arange(n), torch.arange(n, n + len(val))
+    else:
+        if n < 2:
+            raise DataError(f"{source}: at least 2 samples are needed (one to train, one to "
+                            f"validate), got {n}")
+        try:
+            train_idx, val_idx = split_indices(n, settings["val_fraction"], settings["seed"],
+                                               groups_of(main) if groups_of else None)
+        except DataError as e:
+            raise DataError(f"{source}: {e}") from None
+    test_idx = None if test is None else torch.arange(len(records) - len(test), len(records))
+    return records, Splits(train_idx, val_idx, test_idx, val is not None), source
+
+
+def fixed_split_fingerprint(splits):
+    """What a fingerprint adds for fixed splits: the sizes of each part (a run that moves a
+    record from training to validation is another run)."""
+    if not splits.fixed and splits.test is None:
+        return ()
+    return ("splits", len(splits.train), len(splits.val),
+            0 if splits.test is None else len(splits.test))

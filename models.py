@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from antibody import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
+from antibody import PAD_ID, VOCAB_SIZE
+from decoding import Decoding, beam_search, sample
 import tight_binding
 from dna import (EDGE_BACKBONE_5TO3, EDGE_CONTACT, EDGE_HBOND, NODE_FEATURES, NUM_EDGE_TYPES)
 
@@ -36,6 +37,36 @@ class TransformerConfig:
     vocab_size: int = VOCAB_SIZE
     max_len: int = 160  # tokens, <bos> and <eos> included; real VH domains are 111-136 residues
     dropout: float = 0.1
+    label_smoothing: float = 0.0   # of the training loss only (--label-smoothing)
+
+
+# Paired data ("HEAVY|LIGHT" as <bos> heavy <sep> light <eos>) need a longer context: real VH
+# are up to 136 residues and VL up to 119, so 258 tokens; the families set this max_len.
+PAIRED_MAX_LEN = 264
+
+
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    """The antigen- and affinity-conditioned encoder-decoder. `n_layers` is the depth of the
+    encoder and of the decoder each. Antigens longer than `max_antigen_len` residues are
+    cropped by the data reader, with a warning that counts them."""
+    name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    model: str = "seq2seq"
+    vocab_size: int = VOCAB_SIZE
+    max_len: int = PAIRED_MAX_LEN
+    max_antigen_len: int = 640   # the SARS-CoV-2 spike's S2 region (588 residues) fits
+    dropout: float = 0.1
+    # In training, each record's antigen and pKd are replaced by the learned "none" condition
+    # with this probability each, so that one model samples with or without either.
+    condition_dropout: float = 0.1
+    # Of the training loss only. The seed's 0.1 is --label-smoothing 0.1: it teaches the model
+    # to put 10% of each token's probability on the 24 others, so samples drawn at
+    # temperature 1 carry a random residue at about every tenth position (see the README).
+    label_smoothing: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +124,14 @@ CONFIGS = {
         "small": TransformerConfig("small", d_model=256, n_layers=7, n_heads=8, d_ff=1024),
         "medium": TransformerConfig("medium", d_model=512, n_layers=14, n_heads=8, d_ff=2048),
         "large": TransformerConfig("large", d_model=768, n_layers=16, n_heads=12, d_ff=3072),
+    },
+    # The antibody seed's size table: d_model 128/256/512/768, encoder and decoder layers
+    # 2/3/6/8 each, heads 4/8/8/12, feed-forward 4x.
+    "seq2seq": {
+        "tiny": Seq2SeqConfig("tiny", d_model=128, n_layers=2, n_heads=4, d_ff=512),
+        "small": Seq2SeqConfig("small", d_model=256, n_layers=3, n_heads=8, d_ff=1024),
+        "medium": Seq2SeqConfig("medium", d_model=512, n_layers=6, n_heads=8, d_ff=2048),
+        "large": Seq2SeqConfig("large", d_model=768, n_layers=8, n_heads=12, d_ff=3072),
     },
     "gnn": {
         "tiny": GNNConfig("tiny", hidden=64, n_layers=4),
@@ -153,6 +192,18 @@ def count_parameters(model):
 # --------------------------------------------------------------------------------------------
 # Antibody transformer: a GPT-style decoder over amino-acid tokens
 # --------------------------------------------------------------------------------------------
+
+def token_loss(logits, target, config, training):
+    """(mean cross-entropy over real tokens, number of real tokens). Label smoothing applies
+    in training only: validation loss, perplexity and early stopping see the plain
+    likelihood."""
+    smoothing = config.label_smoothing if training else 0.0
+    loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                               ignore_index=PAD_ID, reduction="sum",
+                               label_smoothing=smoothing)
+    count = (target != PAD_ID).sum()
+    return loss_sum / count, count
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
@@ -235,55 +286,298 @@ class AntibodyTransformer(nn.Module):
 
     def loss(self, batch):
         """(mean loss over real tokens, number of real tokens) for a batch from data.py."""
-        logits = self(batch["input"])
-        target = batch["target"]
-        loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                   ignore_index=PAD_ID, reduction="sum")
-        count = (target != PAD_ID).sum()
-        return loss_sum / count, count
+        return token_loss(self(batch["input"]), batch["target"], self.config, self.training)
+
+    def start_decoding(self, n, condition=None):
+        """The decoding state of `n` sequences (decoding.py): a key/value cache per block."""
+        return [dict() for _ in self.blocks]
+
+    def next_logits(self, caches, tokens, position):
+        return self(tokens, caches, offset=position)[:, -1]
 
     @torch.no_grad()
-    def generate(self, num_sequences, generator, temperature=1.0, max_len=None, top_p=1.0):
-        """Sample token sequences (without <bos>), stopping each at <eos> or `max_len` tokens.
-        `top_p` < 1 samples from the smallest set of tokens whose probabilities add up to at
-        least top_p (nucleus sampling).
-
-        Sampling draws only from `generator`, never the global RNG, so evaluating a model does
-        not change the random stream that training continues with.
-        """
+    def generate(self, num_sequences, generator, temperature=1.0, max_len=None, top_p=1.0,
+                 decoding=None):
+        """Sample token sequences (without <bos>), stopping each at <eos> or `max_len` tokens;
+        `decoding` (a decoding.Decoding) replaces temperature and top_p when given. Greedy
+        decoding gives one sequence; beam search the `num_sequences` most likely."""
+        decoding = decoding or Decoding(temperature=temperature, top_p=top_p)
         was_training = self.training
         self.eval()
         device = self.token_embedding.weight.device
         max_len = max_len or self.config.max_len
-        tokens = torch.full((num_sequences, 1), BOS_ID, dtype=torch.long, device=device)
-        caches = [dict() for _ in self.blocks]
-        finished = torch.zeros(num_sequences, dtype=torch.bool, device=device)
-        out = []
-        for position in range(max_len - 1):
-            logits = self(tokens[:, -1:] if position else tokens, caches, offset=position)[:, -1]
-            logits[:, PAD_ID] = float("-inf")  # <pad> and <bos> are never valid continuations
-            logits[:, BOS_ID] = float("-inf")
-            probs = F.softmax(logits.float() / temperature, dim=-1)
-            if top_p < 1.0:
-                probs = _nucleus(probs, top_p)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)
-            nxt[finished] = PAD_ID
-            out.append(nxt)
-            finished |= nxt.squeeze(1) == EOS_ID
-            tokens = nxt
-            if finished.all():
-                break
+        if decoding.method == "beam":
+            tokens = beam_search(self, self.start_decoding(1), num_sequences, max_len,
+                                 decoding.beam_size, device)
+        else:
+            n = 1 if decoding.method == "greedy" else num_sequences
+            tokens = sample(self, self.start_decoding(n), n, max_len, generator, decoding,
+                            device)
         self.train(was_training)
-        return torch.cat(out, dim=1).cpu()
+        return tokens
 
 
-def _nucleus(probs, top_p):
-    """`probs` with every token outside the top-p nucleus set to 0 (the most likely token is
-    always kept); multinomial renormalises."""
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    before = sorted_probs.cumsum(dim=-1) - sorted_probs   # mass of the more likely tokens
-    sorted_probs[before >= top_p] = 0.0
-    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+# --------------------------------------------------------------------------------------------
+# Conditioned antibody transformer: antigen encoder + pKd embedding -> heavy|light decoder
+# --------------------------------------------------------------------------------------------
+
+def _init_gpt2(module, n_layers):
+    """GPT-2 init: N(0, 0.02), residual projections scaled down by depth."""
+    if isinstance(module, nn.Linear):
+        std = 0.02
+        if getattr(module, "residual_projection", False):
+            std /= math.sqrt(2 * n_layers)
+        nn.init.normal_(module.weight, 0.0, std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+
+
+def _heads(t, n_heads):
+    B, T, C = t.shape
+    return t.view(B, T, n_heads, C // n_heads).transpose(1, 2)
+
+
+class EncoderSelfAttention(nn.Module):
+    """Self-attention over a padded antigen: every residue sees every real residue."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_heads, self.dropout = config.n_heads, config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.proj.residual_projection = True
+
+    def forward(self, x, key_valid):
+        B, T, C = x.shape
+        q, k, v = (_heads(t, self.n_heads) for t in self.qkv(x).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :],
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return F.dropout(self.proj(y), self.dropout, self.training)
+
+
+class CrossAttention(nn.Module):
+    """The decoder's attention to the condition (pKd slot, antigen residues). With `cache`,
+    the memory's keys and values are computed once and reused at every sampling step."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_heads, self.dropout = config.n_heads, config.dropout
+        self.q = nn.Linear(config.d_model, config.d_model)
+        self.kv = nn.Linear(config.d_model, 2 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.proj.residual_projection = True
+
+    def forward(self, x, memory, memory_valid, cache=None):
+        B, T, C = x.shape
+        if cache is not None and "k" in cache:
+            k, v = cache["k"], cache["v"]
+        else:
+            k, v = (_heads(t, self.n_heads) for t in self.kv(memory).split(C, dim=2))
+            if cache is not None:
+                cache["k"], cache["v"] = k, v
+        q = _heads(self.q(x), self.n_heads)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=memory_valid[:, None, None, :],
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return F.dropout(self.proj(y), self.dropout, self.training)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, config.d_ff)
+        self.out = nn.Linear(config.d_ff, config.d_model)
+        self.out.residual_projection = True
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        return F.dropout(self.out(F.gelu(self.fc(x))), self.dropout, self.training)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(config.d_model), nn.LayerNorm(config.d_model)
+        self.attn = EncoderSelfAttention(config)
+        self.ff = FeedForward(config)
+
+    def forward(self, x, key_valid):
+        x = x + self.attn(self.ln1(x), key_valid)
+        return x + self.ff(self.ln2(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.d_model)
+        self.attn = CausalSelfAttention(config)
+        self.ln_cross = nn.LayerNorm(config.d_model)
+        self.cross = CrossAttention(config)
+        self.ln2 = nn.LayerNorm(config.d_model)
+        self.ff = FeedForward(config)
+
+    def forward(self, x, memory, memory_valid, cache=None):
+        x = x + self.attn(self.ln1(x), None if cache is None else cache["self"])
+        x = x + self.cross(self.ln_cross(x), memory, memory_valid,
+                           None if cache is None else cache["cross"])
+        return x + self.ff(self.ln2(x))
+
+
+class ConditionedAntibodyTransformer(nn.Module):
+    """Writes `<bos> heavy <sep> light <eos>` conditioned on an antigen and a target pKd.
+
+    The condition is a memory the decoder cross-attends to: one slot for the pKd (a learned
+    embedding of the number, or a learned "no pKd" vector), one slot for "no antigen" (a
+    learned vector, visible only when the record has none), then the antigen's residues as
+    the encoder reads them (masked out when the record has none). Every parameter takes part
+    in every batch, with or without conditions, as DistributedDataParallel requires.
+
+    A batch (antibody.ConditionedData.batch): `input`/`target` decoder tokens, `antigen`
+    (B, S) residue tokens padded with <pad>, `has_antigen` (B,) bool, `pkd` (B,) float,
+    `has_pkd` (B,) bool.
+    """
+
+    PKD_CENTRE, PKD_SCALE = 7.0, 2.0   # pKd of typical binders is 5-11
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.antigen_embedding = nn.Embedding(config.vocab_size, d)
+        self.antigen_position = nn.Embedding(config.max_antigen_len, d)
+        self.encoder = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_layers))
+        self.encoder_norm = nn.LayerNorm(d)
+        self.pkd_embedding = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
+        self.no_pkd = nn.Parameter(torch.zeros(d))
+        self.no_antigen = nn.Parameter(torch.zeros(d))
+        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        self.position_embedding = nn.Embedding(config.max_len, d)
+        self.decoder = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        # The condition's summary enters the decoder through this projection, initialised so
+        # that its output's components are about as large as the token embeddings' (0.02):
+        # its input is layer-normed (components ~1) and would drown them. Not zero: a model
+        # whose projection started at zero had, after 7 epochs on the built-in data, grown
+        # it only to entries of ~0.004, and did not read the antigen (the gradient that
+        # would grow it comes from the few tokens the antigen decides, against the noise of
+        # all the others); started at this size, the class is in the decoder's input from the
+        # first step, for its layers to learn to use.
+        self.summary_projection = nn.Linear(d, d)
+        self.composition_norm = nn.LayerNorm(d)
+        self.apply(lambda m: _init_gpt2(m, 2 * config.n_layers))
+        nn.init.normal_(self.summary_projection.weight, 0.0, 0.02 / math.sqrt(d))
+        nn.init.normal_(self.no_pkd, 0.0, 0.02)
+        nn.init.normal_(self.no_antigen, 0.0, 0.02)
+
+    def encode(self, antigen, has_antigen, pkd, has_pkd):
+        """The condition the decoder reads, a dict: `memory` (B, 2 + S, d) and its `valid`
+        mask (B, 2 + S) for cross-attention, and `summary` (B, d), added to every decoder
+        input: the pKd slot plus the antigen's composition, its mean residue embedding,
+        normalised (or the "no antigen" vector).
+
+        Why the summary: through attention alone the decoder meets the pKd as 1 of 2 + S
+        keys at initialisation; trained on the built-in data, such a model still ignored the
+        pKd after 6 epochs. Why the composition rather than the mean encoded residue: that
+        mean is dominated by the mean of the position embeddings, which depends on the
+        antigen's length; after 3 epochs it told the built-in classes apart 33% of the time
+        (nearest centroid; chance 12.5%), and the model had not begun to read the antigen."""
+        B, S = antigen.shape
+        # A row without an antigen still gets one "valid" key in the encoder (its first
+        # pad), so that no attention row is empty (that would give NaN); the memory then
+        # masks all of that row's residues out.
+        residue_valid = (antigen != PAD_ID) & has_antigen[:, None]
+        encoder_valid = residue_valid.clone()
+        encoder_valid[:, 0] = True
+        positions = torch.arange(S, device=antigen.device)
+        x = self.antigen_embedding(antigen) + self.antigen_position(positions)
+        x = F.dropout(x, self.config.dropout, self.training)
+        for block in self.encoder:
+            x = block(x, encoder_valid)
+        residues = self.encoder_norm(x)
+        scaled = ((pkd.float() - self.PKD_CENTRE) / self.PKD_SCALE)[:, None].to(residues.dtype)
+        pkd_slot = torch.where(has_pkd[:, None], self.pkd_embedding(scaled),
+                               self.no_pkd.to(residues.dtype).expand(B, -1))
+        no_antigen = self.no_antigen.to(residues.dtype).expand(B, -1)
+        weights = residue_valid.to(residues.dtype)[:, :, None]
+        composition = ((self.antigen_embedding(antigen) * weights).sum(1)
+                       / weights.sum(1).clamp_min(1.0))
+        antigen_summary = torch.where(has_antigen[:, None],
+                                      self.composition_norm(composition).to(residues.dtype),
+                                      no_antigen)
+        memory = torch.cat([pkd_slot[:, None], no_antigen[:, None], residues], dim=1)
+        valid = torch.cat([torch.ones_like(has_pkd)[:, None], ~has_antigen[:, None],
+                           residue_valid], dim=1)
+        return {"memory": memory, "valid": valid,
+                "summary": self.summary_projection(pkd_slot + antigen_summary)}
+
+    def forward(self, tokens, condition, caches=None, offset=0):
+        """Logits for the next token at every position of `tokens` (B, T), given the
+        `condition` of `encode`."""
+        positions = torch.arange(offset, offset + tokens.shape[1], device=tokens.device)
+        x = (self.token_embedding(tokens) + self.position_embedding(positions)
+             + condition["summary"][:, None])
+        x = F.dropout(x, self.config.dropout, self.training)
+        for i, block in enumerate(self.decoder):
+            x = block(x, condition["memory"], condition["valid"],
+                      None if caches is None else caches[i])
+        # Tied: the output projection is the decoder's token embedding.
+        return self.ln_f(x) @ self.token_embedding.weight.t()
+
+    def conditions(self, batch):
+        """The batch's (has_antigen, has_pkd), each dropped to "none" with probability
+        `condition_dropout` in training (drawn from the training RNG, which is
+        checkpointed, so a resumed run drops the same ones)."""
+        has_antigen, has_pkd = batch["has_antigen"], batch["has_pkd"]
+        p = self.config.condition_dropout
+        if self.training and p > 0:
+            keep = torch.rand(has_antigen.shape[0], 2, device=has_antigen.device) >= p
+            has_antigen, has_pkd = has_antigen & keep[:, 0], has_pkd & keep[:, 1]
+        return has_antigen, has_pkd
+
+    def loss(self, batch):
+        """(mean loss over real tokens, number of real tokens)."""
+        has_antigen, has_pkd = self.conditions(batch)
+        condition = self.encode(batch["antigen"], has_antigen, batch["pkd"], has_pkd)
+        return token_loss(self(batch["input"], condition), batch["target"], self.config,
+                          self.training)
+
+    def start_decoding(self, n, condition):
+        """The decoding state of `n` sequences for a `condition` (a batch's condition
+        tensors with 1 row, shared by all, or n rows)."""
+        encoded = self.encode(condition["antigen"], condition["has_antigen"],
+                              condition["pkd"], condition["has_pkd"])
+        if encoded["memory"].shape[0] != n:
+            encoded = {k: v.expand(n, *v.shape[1:]) for k, v in encoded.items()}
+        return {"condition": encoded,
+                "caches": [{"self": {}, "cross": {}} for _ in self.decoder]}
+
+    def next_logits(self, state, tokens, position):
+        return self(tokens, state["condition"], state["caches"], offset=position)[:, -1]
+
+    @torch.no_grad()
+    def generate(self, num_sequences, generator, condition, decoding=None, max_len=None):
+        """Token sequences (without <bos>) for `condition` (see start_decoding), by
+        `decoding` (decoding.Decoding; sampling at temperature 1 by default). Greedy gives
+        one sequence per condition row; beam search needs a one-row condition."""
+        decoding = decoding or Decoding()
+        was_training = self.training
+        self.eval()
+        device = self.token_embedding.weight.device
+        condition = {k: v.to(device) for k, v in condition.items()}
+        max_len = max_len or self.config.max_len
+        rows = condition["antigen"].shape[0]
+        if decoding.method == "beam":
+            tokens = beam_search(self, self.start_decoding(1, condition), num_sequences,
+                                 max_len, decoding.beam_size, device)
+        else:
+            n = rows if decoding.method == "greedy" else num_sequences
+            tokens = sample(self, self.start_decoding(n, condition), n, max_len, generator,
+                            decoding, device)
+        self.train(was_training)
+        return tokens
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,5 +863,6 @@ class HamiltonianGNN(DuplexMessagePassing):
 
 # Each family's (config class, module class), by the `model` name its configs carry.
 _FAMILY_CLASSES = {"transformer": (TransformerConfig, AntibodyTransformer),
+                   "seq2seq": (Seq2SeqConfig, ConditionedAntibodyTransformer),
                    "gnn": (GNNConfig, TransportGNN),
                    "hgnn": (HGNNConfig, HamiltonianGNN)}

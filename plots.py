@@ -69,12 +69,14 @@ def write_curves(path, history):
     any, validity and diversity in percent in a second panel below.
 
     `history` holds per-epoch lists under "epoch", "train_loss", "val_loss" and optionally
-    "validity", "diversity" (fractions 0..1, None where an epoch did not sample).
+    "validity", "diversity" and "rule_obeyed" (fractions 0..1, None where an epoch did not
+    sample).
     Markers are drawn so that a run of one epoch still shows its point.
     """
     epochs = list(history["epoch"])
     validity = history.get("validity") or []
     diversity = history.get("diversity") or []
+    obeyed = history.get("rule_obeyed") or []
     sampled = any(v is not None for v in (*validity, *diversity))
 
     fig = _new_figure(figsize=(6.4, 6.4 if sampled else 3.8))
@@ -92,6 +94,8 @@ def write_curves(path, history):
         metric_ax = axes[1]
         metric_ax.plot(*_points(epochs, validity, 100), "o-", label="validity")
         metric_ax.plot(*_points(epochs, diversity, 100), "s--", label="diversity")
+        if any(v is not None for v in obeyed):   # the conditioned model's built-in rule
+            metric_ax.plot(*_points(epochs, obeyed, 100), "^-.", label="rule obeyed")
         metric_ax.set_ylabel("% of sampled sequences")
         metric_ax.set_ylim(-5, 105)
         metric_ax.legend()

@@ -51,6 +51,9 @@ def progress_record(run_state, progress, settings, last_checkpoint, save_error, 
         "val_loss": progress.val_loss,
         "best_val_loss": progress.best_val_loss,
         "best_epoch": progress.best_epoch,
+        "epochs_without_improvement": progress.epochs_without_improvement,
+        "stopped_early": progress.stopped_early,
+        "test": progress.test,
         "timestamp": now_iso(),
         "last_checkpoint": last_checkpoint,
         "last_save_error": save_error,
@@ -60,6 +63,15 @@ def progress_record(run_state, progress, settings, last_checkpoint, save_error, 
         "args": settings,
         "history": progress.history,
     })
+
+
+def _test_text(test):
+    """The test set's score: "loss 1.2345, perplexity 3.437 (best model, epoch 7, 200
+    samples)"."""
+    parts = [f"loss {test['loss']:.4f}"] + [
+        f"{k} {v:.4f}" for k, v in test["measures"].items() if isinstance(v, float)]
+    return (f"{', '.join(parts)} (best model, epoch {test['epoch']}, {test['samples']} "
+            f"samples)")
 
 
 def _exactness(exact):
@@ -94,6 +106,7 @@ def status_text(record, measure_lines=()):
         f"Val Loss: {_fmt(record['val_loss'])}",
         f"Best Val Loss: {best}",
         *measure_lines,
+        *([f"Test: {_test_text(record['test'])}"] if record.get("test") else []),
         f"Last Checkpoint: {last_text}",
         f"Last Save Error: {error['error'] + ' at ' + error['time'] if error else 'none'}",
         f"ETA: {record.get('eta') or 'n/a'}",

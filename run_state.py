@@ -25,9 +25,18 @@ class Progress:
     best_val_loss: float | None = None
     best_epoch: int | None = None
     history: dict = field(default_factory=dict)   # per-epoch lists, one per column
+    # --early-stopping: the epoch at which the run stopped early (None: it did not)
+    stopped_early: int | None = None
+    test: dict | None = None       # --test-data: the test set's score with the best model
 
     FIELDS = ("epoch", "global_step", "step_in_epoch", "samples_in_epoch", "epoch_loss_sum",
-              "train_loss", "val_loss", "best_val_loss", "best_epoch", "history")
+              "train_loss", "val_loss", "best_val_loss", "best_epoch", "history",
+              "stopped_early", "test")
+
+    @property
+    def epochs_without_improvement(self):
+        """The early-stopping counter: epochs since the best validation loss."""
+        return 0 if self.best_epoch is None else self.epoch - self.best_epoch
 
     @classmethod
     def start(cls, measures):
@@ -45,7 +54,8 @@ class Progress:
         return progress
 
     def to_checkpoint(self):
-        return {k: getattr(self, k) for k in self.FIELDS}
+        return {**{k: getattr(self, k) for k in self.FIELDS},
+                "epochs_without_improvement": self.epochs_without_improvement}
 
     def record_step(self, samples, loss):
         self.global_step += 1

@@ -26,15 +26,22 @@ COMMON_DEFAULTS = {
     "output_dir": None, "precision": "fp32", "keep_last": None, "keep_every": None,
     # A family with a choice of loss (Family.losses) sets these two in its defaults.
     "loss": None, "huber_delta": None,
+    # Fixed splits instead of --data and --val-fraction; a test set scored at the end.
+    "train_data": None, "val_data": None, "test_data": None, "max_samples": None,
+    "early_stopping": None,
+    # The antibody families set these in their defaults (others refuse the flags).
+    "label_smoothing": None, "max_antigen_length": None,
 }
+DATA_PATHS = ("data", "train_data", "val_data", "test_data")
 # Every family sets these in its `defaults`.
 FAMILY_SETTINGS = ("num_samples", "epochs", "batch_size", "lr", "warmup_steps")
 SETTINGS = tuple(COMMON_DEFAULTS) + FAMILY_SETTINGS
 # What makes a run this run: a resume that asks for different values is refused.
-RUN_IDENTITY = ("model", "config", "data", "num_samples", "val_fraction", "seed",
-                "lr_schedule", "warmup_steps", "loss", "huber_delta")
+RUN_IDENTITY = ("model", "config", *DATA_PATHS, "num_samples", "max_samples", "val_fraction",
+                "seed", "lr_schedule", "warmup_steps", "loss", "huber_delta",
+                "label_smoothing", "max_antigen_length")
 # What an explicit flag may change on resume, with a notice.
-OVERRIDABLE = ("lr", "weight_decay", "grad_clip", "precision")
+OVERRIDABLE = ("lr", "weight_decay", "grad_clip", "precision", "early_stopping")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -46,7 +53,8 @@ def explicit_flags(namespace):
 def validate(explicit):
     """Range checks on the flags given; errors name the flag."""
     positive = ("num_samples", "epochs", "batch_size", "checkpoint_frequency",
-                "eval_interval", "eval_samples", "keep_last", "keep_every")
+                "eval_interval", "eval_samples", "keep_last", "keep_every", "max_samples",
+                "early_stopping", "max_antigen_length", "beam_size")
     for key in positive:
         if key in explicit:
             check(explicit[key] > 0, f"--{key.replace('_', '-')} must be a positive integer "
@@ -67,6 +75,15 @@ def validate(explicit):
         check(math.isfinite(explicit["huber_delta"]) and explicit["huber_delta"] > 0,
               f"--huber-delta must be a positive number of decades "
               f"(got {explicit['huber_delta']})")
+    if "label_smoothing" in explicit:
+        check(0 <= explicit["label_smoothing"] < 1,
+              f"--label-smoothing must be at least 0 and below 1 "
+              f"(got {explicit['label_smoothing']})")
+    if "data" in explicit and "train_data" in explicit:
+        raise UsageError("--data and --train-data both name the training data: give one")
+    if "val_data" in explicit and "train_data" not in explicit:
+        raise UsageError("--val-data goes with --train-data (with --data, --val-fraction "
+                         "holds out the validation set)")
     if "lr" in explicit:
         check(math.isfinite(explicit["lr"]) and explicit["lr"] > 0,
               f"--lr must be a positive number (got {explicit['lr']})")
@@ -133,8 +150,9 @@ def merge_settings(explicit, saved):
     settings = {**COMMON_DEFAULTS, **families.get(model).defaults}
     settings.update({k: v for k, v in (saved or {}).items() if k in SETTINGS})
     settings.update({k: v for k, v in explicit.items() if k in SETTINGS})
-    if explicit.get("data"):
-        settings["data"] = os.path.abspath(explicit["data"])
+    for key in DATA_PATHS:
+        if explicit.get(key):
+            settings[key] = os.path.abspath(explicit[key])
     return settings
 
 
@@ -144,7 +162,7 @@ def identity_conflicts(explicit, saved, saved_config):
     for key in RUN_IDENTITY:
         if key not in explicit:
             continue
-        wanted = os.path.abspath(explicit[key]) if key == "data" else explicit[key]
+        wanted = os.path.abspath(explicit[key]) if key in DATA_PATHS else explicit[key]
         if saved.get(key) != wanted:
             detail = ""
             if key == "config" and saved_config.get("model") in models.CONFIGS:

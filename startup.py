@@ -233,6 +233,11 @@ def load_dataset(family, settings, config, state, source):
     check(settings["loss"] is None or settings["loss"] in family.losses,
           f"--loss does not apply to a {family.name} model" if not family.losses else
           f"--loss {settings['loss']}: a {family.name} model takes {', '.join(family.losses)}")
+    check(settings["label_smoothing"] is None or "label_smoothing" in family.defaults,
+          f"--label-smoothing does not apply to a {family.name} model (it is not trained on "
+          f"tokens)")
+    check(settings["max_antigen_length"] is None or hasattr(config, "max_antigen_len"),
+          f"--max-antigen-length does not apply to a {family.name} model (it reads no antigen)")
     try:
         dataset = family.load_dataset(settings, config)
     except data.DataError as e:

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import checkpoint as ckpt
-from conftest import (GNN_ARGS, HGNN_ARGS, REPO, TRANSFORMER_ARGS, TrainProcess, assert_same_run,
-                      children, load, run_train)
+from conftest import (GNN_ARGS, MODEL_ARGS, REPO, RUN_NAME, TRANSFORMER_ARGS, TrainProcess,
+                      assert_same_run, children, load, run_train)
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(),
                                 reason="finds each rank's process through /proc (Linux)")
@@ -73,24 +73,31 @@ def test_two_processes_killed_with_sigkill_resume_bit_identical(tmp_path, uninte
     assert result.stdout.count("Epoch 2/2 | train loss") == 1
 
 
-def test_hgnn_under_two_processes_killed_with_sigkill_resumes_bit_identical(tmp_path):
+@pytest.mark.parametrize("model, saved_at", [
     # 270 training duplexes, 135 per rank in batches of 16 split 8 + 8: 17 steps an epoch.
-    args = (*HGNN_ARGS, "--epochs", "2", "--checkpoint-every-steps", "4")
+    ("hgnn", "(epoch 1 step 8/"),
+    # 108 training pairs: 7 steps an epoch; records with and without conditions, and the
+    # condition dropout drawn by each rank.
+    ("seq2seq", "(epoch 1 step 4/")])
+def test_under_two_processes_killed_with_sigkill_resumes_bit_identical(tmp_path, model,
+                                                                        saved_at):
+    args = (*MODEL_ARGS[model], "--epochs", "2", "--checkpoint-every-steps", "4")
+    name = RUN_NAME[model]
     for folder in ("uninterrupted", "killed"):
         (tmp_path / folder).mkdir()
     uninterrupted = run_train(args, tmp_path / "uninterrupted", nproc=2)
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     run = TrainProcess(args, tmp_path / "killed", nproc=2)
-    run.wait_for("(epoch 1 step 8/")
+    run.wait_for(saved_at)
     run.kill_all()
     run.finish()
-    saved = load(tmp_path / "killed" / "checkpoints" / "hgnn_tiny_latest.pt")
-    assert saved["world_size"] == 2 and saved["global_step"] >= 8
+    saved = load(tmp_path / "killed" / "checkpoints" / f"{name}_latest.pt")
+    assert saved["world_size"] == 2 and saved["global_step"] >= 4
     resumed = run_train(args, tmp_path / "killed", nproc=2)
     assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming from checkpoints/hgnn_tiny_latest.pt: epoch " in resumed.stdout
-    assert_same_run(load(tmp_path / "killed" / "checkpoints" / "hgnn_tiny_latest.pt"),
-                    load(tmp_path / "uninterrupted" / "checkpoints" / "hgnn_tiny_latest.pt"))
+    assert f"Resuming from checkpoints/{name}_latest.pt: epoch " in resumed.stdout
+    assert_same_run(load(tmp_path / "killed" / "checkpoints" / f"{name}_latest.pt"),
+                    load(tmp_path / "uninterrupted" / "checkpoints" / f"{name}_latest.pt"))
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,10 @@ def test_every_registered_family_has_the_whole_interface(name):
     family = families.get(name)
     assert family.name == name and family is families.FAMILIES[name]
     loss_settings = {"loss", "huber_delta"} if family.losses else set()
-    assert set(family.defaults) == set(settings.FAMILY_SETTINGS) | loss_settings
+    optional = set(family.defaults) - set(settings.FAMILY_SETTINGS)
+    assert set(settings.FAMILY_SETTINGS) <= set(family.defaults)
+    assert optional - loss_settings <= {"label_smoothing"}
+    assert loss_settings <= optional
     assert not family.losses or family.defaults["loss"] == family.losses[0]
     assert not set(family.measures) & {"epoch", "train_loss", "val_loss", "lr"}
     assert family.use in ("sample", "predict") and "{name}" in family.use_output

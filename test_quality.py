@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import checkpoint as ckpt
+import decoding
 import metrics
 import models
 from conftest import GNN_ARGS, TRANSFORMER_ARGS, load, run_main
@@ -32,9 +33,9 @@ def test_perplexity_uniqueness_novelty_by_hand():
 
 def test_nucleus_keeps_the_smallest_set_reaching_top_p():
     probs = torch.tensor([[0.2, 0.5, 0.3]])
-    assert torch.equal(models._nucleus(probs.clone(), 0.7), torch.tensor([[0.0, 0.5, 0.3]]))
-    assert torch.equal(models._nucleus(probs.clone(), 0.5), torch.tensor([[0.0, 0.5, 0.0]]))
-    assert torch.equal(models._nucleus(probs.clone(), 1.0), probs)
+    assert torch.equal(decoding._nucleus(probs.clone(), 0.7), torch.tensor([[0.0, 0.5, 0.3]]))
+    assert torch.equal(decoding._nucleus(probs.clone(), 0.5), torch.tensor([[0.0, 0.5, 0.0]]))
+    assert torch.equal(decoding._nucleus(probs.clone(), 1.0), probs)
 
 
 def test_tiny_top_p_is_greedy_whatever_the_seed():

@@ -35,9 +35,9 @@ def test_sample_writes_fasta_and_reports_its_metrics(transformer_run, tmp_path, 
     line = capsys.readouterr().out
     assert re.fullmatch(
         rf"Sampled 12 sequences from {transformer_run}/transformer_tiny_best\.pt \(epoch 1, val "
-        rf"loss [\d.]+\), temperature 0\.7, seed 5: validity [\d.]+% \(built-in rule check\) "
-        rf"\(IMGT check not run: pip install anarcism to add it\), diversity [\d.]+%, novelty "
-        rf"[\d.]+% \(not among the 144 training sequences\); written to {out}\n", line), line
+        rf"loss [\d.]+\), sampling, temperature 0\.7, seed 5: validity [\d.]+% \(built-in rule "
+        rf"check\) \(IMGT check not run: pip install anarcism to add it\), uniqueness [\d.]+%, "
+        rf"novelty [\d.]+% \(not among the 144 training sequences\); written to {out}\n", line), line
     records = out.read_text().split(">")[1:]
     assert len(records) == 12 and records[0].startswith("sample_t0.7_seed5_1\n")
     # The same checkpoint, count, temperature and seed give the same sequences.

@@ -10,6 +10,7 @@ has every flag.
 """
 
 import argparse
+import dataclasses
 import gc
 import math
 import os
@@ -21,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 import background_save
+import checkpoint as ckpt
 import data
 import determinism
 import distributed
@@ -67,9 +69,10 @@ def build_parser():
 
 
 def _per_family(setting):
-    """A default that each family sets, for --help: "5 transformer, 20 gnn"."""
+    """A default that each family sets, for --help: "5 transformer, 20 gnn" (the families
+    that have the setting)."""
     return ", ".join(f"{family.defaults[setting]} {family.name}"
-                     for family in families.FAMILIES.values())
+                     for family in families.FAMILIES.values() if setting in family.defaults)
 
 
 def _add_model_and_data_flags(p):
@@ -81,9 +84,24 @@ def _add_model_and_data_flags(p):
                    help="size from the table in models.py (default tiny)")
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="PATH",
-                   help="antibody FASTA/CSV/TXT; DNA CSV with a 'sequence' column, G3NAT "
-                        "pickle(s) or a DFT manifest CSV (default: built-in data generated "
-                        "from --seed)")
+                   help="antibody FASTA/CSV/TXT of chains, or CSV/JSON/JSONL of heavy|light "
+                        "pairs with optional antigen_sequence and pKd; DNA CSV with a "
+                        "'sequence' column, G3NAT pickle(s) or a DFT manifest CSV (default: "
+                        "built-in data generated from --seed), split by --val-fraction")
+    g.add_argument("--train-data", "--train_data", metavar="PATH",
+                   help="fixed splits: the training data (instead of --data), validated on "
+                        "--val-data (else --val-fraction of it is held out)")
+    g.add_argument("--val-data", "--val_data", metavar="PATH",
+                   help="fixed splits: the validation data (with --train-data)")
+    g.add_argument("--test-data", "--test_data", metavar="PATH",
+                   help="a test set, scored once at the end with the best checkpoint (status "
+                        "file and progress.json)")
+    g.add_argument("--max-samples", "--max_samples", type=int, metavar="N",
+                   help="train on the first N records of the training data only")
+    g.add_argument("--max-antigen-length", "--max_antigen_length", type=int, metavar="N",
+                   help="antigen-conditioned models: antigens longer than N residues are "
+                        "cropped to their first N, with a warning that counts them "
+                        "(default 640)")
     g.add_argument("--num-samples", "--num_samples", type=int, metavar="N",
                    help="size of the built-in data set (default 2000)")
     g.add_argument("--val-fraction", "--val_fraction", type=float, metavar="F",
@@ -118,6 +136,13 @@ def _add_training_flags(p):
                         "decades (default mse)")
     g.add_argument("--huber-delta", "--huber_delta", type=float, metavar="DECADES",
                    help="where --loss huber turns from quadratic to linear (default 1.0)")
+    g.add_argument("--label-smoothing", "--label_smoothing", type=float, metavar="X",
+                   help="antibody models: label smoothing of the training loss (validation "
+                        "loss is the plain likelihood; default "
+                        f"{_per_family('label_smoothing')})")
+    g.add_argument("--early-stopping", "--early_stopping", type=int, metavar="N",
+                   help="stop when validation loss has not improved for N epochs (the "
+                        "counter is checkpointed; default: off)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto: cuda if there is "
                                     "one); given per command, not stored")
     g.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES),
@@ -173,8 +198,23 @@ def _add_use_and_process_flags(p):
     """Using a trained model; several processes."""
     g = p.add_argument_group("using a trained model (reads a checkpoint, then exits)")
     g.add_argument("--sample", type=int, metavar="N",
-                   help="sample N antibody sequences to FASTA and report validity, diversity "
-                        "and novelty against the training set; --seed seeds the sampling")
+                   help="sample N antibody sequences (per --antigen) to FASTA and report "
+                        "validity per chain and pair, uniqueness and novelty against the "
+                        "training set; --seed seeds the sampling")
+    g.add_argument("--antigen", metavar="SEQ|FASTA",
+                   help="--sample of an antigen-conditioned model: the antigen, a sequence "
+                        "or a FASTA file of one or more (default: none)")
+    g.add_argument("--pkd", type=float, metavar="X",
+                   help="--sample of an antigen-conditioned model: the target affinity, "
+                        "-log10 Kd (default: none)")
+    g.add_argument("--decode", choices=("sample", "greedy", "beam"),
+                   help="--sample's decoding: sample (temperature, --top-k, --top-p), greedy "
+                        "(one sequence per condition) or beam (the --sample N most likely, "
+                        "N <= --beam-size); default sample")
+    g.add_argument("--top-k", "--top_k", type=int, metavar="K",
+                   help="sample from the K most likely tokens only (default 0: all)")
+    g.add_argument("--beam-size", "--beam_size", type=int, metavar="B",
+                   help="beams of --decode beam (default 5)")
     g.add_argument("--predict", metavar="SEQUENCES|FILE",
                    help="predict log10 T(E) and log10 DOS(E) for DNA sequences (comma-separated, "
                         "or a file: CSV with a 'sequence' column, or one per line) to CSV")
@@ -265,10 +305,51 @@ class Trainer(SavePoints):
             code = self.close_epoch(epoch, val_loss, started)
             if code is not None:
                 return code
-        self.write_run_files("finished")
-        say(f"Training finished: {p.epoch} epochs, best validation loss "
-            f"{p.best_val_loss:.4f} (epoch {p.best_epoch}), files in {self.run.directory}")
+            if p.stopped_early is not None:
+                break
+        if p.stopped_early is not None:
+            say(f"Stopped early at epoch {p.epoch}: no improvement for "
+                f"{p.epochs_without_improvement} epochs (--early-stopping {s['early_stopping']})"
+                f"; best validation loss {p.best_val_loss:.4f} (epoch {p.best_epoch})")
+        else:
+            say(f"Training finished: {p.epoch} epochs, best validation loss "
+                f"{p.best_val_loss:.4f} (epoch {p.best_epoch}), files in {self.run.directory}")
+        self.score_test_set()
+        self.write_run_files(finished_state(p, s))
         return EXIT_OK
+
+    @torch.no_grad()
+    def score_test_set(self):
+        """--test-data: the test set's loss and the family's measures with the best
+        checkpoint's weights, once, at the end (rank 0; the others have nothing to do)."""
+        test = self.dataset.test
+        if test is None or not self.procs.main:
+            return
+        try:
+            state = ckpt.load_checkpoint(self.run.best)
+        except ckpt.CheckpointError as e:
+            warn(f"the test set is not scored: {self.run.best.name} cannot be read ({e})")
+            return
+        model = models.build_model(self.config).to(self.device)
+        model.load_state_dict(state["model_state_dict"])
+        model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(test), self.batch_size):
+            batch = self.dataset.data.batch(test[start:start + self.batch_size])
+            with self.autocast():
+                loss, n = model.loss({k: v.to(self.device) for k, v in batch.items()})
+            total += loss.item() * int(n)
+            count += int(n)
+        evaluation = families.Evaluation(model, dataclasses.replace(self.dataset, val=test),
+                                         self.device, self.autocast, self.settings, self.run,
+                                         True)
+        measures = self.family.test_measures(evaluation, total / count)
+        self.progress.test = {"loss": total / count, "measures": measures,
+                              "epoch": state["epoch"], "samples": len(test)}
+        parts = [f"loss {total / count:.4f}"] + [f"{k} {v:.4f}" for k, v in measures.items()
+                                                  if isinstance(v, float)]
+        say(f"Test set ({len(test)} samples, best model of epoch {state['epoch']}): "
+            f"{', '.join(parts)}")
 
     def train_epoch(self, epoch):
         """The epoch's remaining steps, until its end or a stop; saves on the mid-epoch
@@ -325,7 +406,10 @@ class Trainer(SavePoints):
         extra = [self.run.epoch(epoch)] if epoch % s["checkpoint_frequency"] == 0 else []
         if improved:
             extra.append(self.run.best)
-        last = epoch == s["epochs"]
+        patience = s["early_stopping"]
+        if patience and p.epochs_without_improvement >= patience and epoch < s["epochs"]:
+            p.stopped_early = epoch
+        last = epoch == s["epochs"] or p.stopped_early is not None
         self.start_save(extra, previous_best if improved else None, final=last)
         self.mark_saved()
         if not (last or self.stop.requested):
@@ -500,6 +584,11 @@ class Trainer(SavePoints):
 def run_training(explicit, stop, procs):
     """Decide which run this is (startup.py), build it, train it; returns the exit code."""
     settings, run, state, source, skipped = startup.agree_on_start(explicit, procs)
+    if state is not None and state.get("stopped_early") is not None:
+        say(f"Run {run.name} stopped early at epoch {state['stopped_early']} (no improvement "
+            f"for {state['epochs_without_improvement']} epochs): nothing to do (--fresh to "
+            f"start over)")
+        return EXIT_OK
     if state is not None and state["epoch"] >= settings["epochs"]:
         say(f"Run {run.name} has already trained {state['epoch']} of {settings['epochs']} "
             f"epochs: nothing to do (raise --epochs to train further, or --fresh to start over)")
@@ -559,6 +648,15 @@ def run_training(explicit, stop, procs):
     finally:
         if lock is not None:
             lock.release()
+
+
+def finished_state(progress, settings):
+    """The status of a run that ended well: finished, or stopped early."""
+    if progress.stopped_early is None:
+        return "finished"
+    return (f"stopped early at epoch {progress.stopped_early} (no improvement for "
+            f"{progress.epochs_without_improvement} epochs, --early-stopping "
+            f"{settings['early_stopping']})")
 
 
 def train_to_the_end(trainer, procs):

@@ -45,6 +45,8 @@ RUNS = {
              "--checkpoint-every-steps", "5"],
     "transformer": ["--num-samples", "400", "--batch-size", "16", "--epochs", "20",
                     "--eval-samples", "16", "--checkpoint-every-steps", "5"],
+    "seq2seq": ["--model", "seq2seq", "--num-samples", "400", "--batch-size", "16",
+                "--epochs", "20", "--eval-samples", "8", "--checkpoint-every-steps", "5"],
 }
 STATE_KEYS = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch",
               "global_step", "step_in_epoch", "history", "best_val_loss", "val_loss",
@@ -138,13 +140,14 @@ def main():
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--max-delay", type=float, default=None,
                         help="longest wait after training starts before a kill (seconds; "
-                             "default 0.8 gnn, 1.5 hgnn, 2.0 transformer)")
+                             "default 0.8 gnn, 1.5 hgnn, 2.0 transformer and seq2seq)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--nproc", type=int, default=1,
                         help="processes under torchrun (default 1: plain python)")
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     options = parser.parse_args()
-    max_delay = options.max_delay or {"gnn": 0.8, "hgnn": 1.5, "transformer": 2.0}[options.model]
+    max_delay = options.max_delay or {"gnn": 0.8, "hgnn": 1.5, "transformer": 2.0,
+                                        "seq2seq": 2.0}[options.model]
     rng = random.Random(options.seed)
     args = RUNS[options.model]
     name = f"{options.model}_tiny"

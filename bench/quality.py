@@ -3,6 +3,7 @@
     python bench/quality.py                    # both, about 10 minutes on 2 CPU cores
     python bench/quality.py --model gnn        # about 2 minutes
     python bench/quality.py --model transformer
+    python bench/quality.py --model paired|conditional|antigens   # bench/antibody_pairs.py
 
 Transformer: trains on the real human VH set (../shared/data/oas_jaffe2022_donor3_vh.fasta,
 8,185 sequences) with the command printed below, then compares its held-out perplexity with a
@@ -38,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import antibody  # noqa: E402
+import antibody_pairs  # noqa: E402
 import data  # noqa: E402
 import dna  # noqa: E402
 import metrics  # noqa: E402
@@ -459,7 +461,8 @@ def write_extrapolation_picture(path, grid, lengths, duplexes, true, predictions
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="all",
-                        choices=("transformer", "gnn", "hgnn", "extrapolation", "all"))
+                        choices=("transformer", "gnn", "hgnn", "extrapolation", "paired",
+                                 "conditional", "antigens", "all"))
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -472,6 +475,12 @@ def main():
             extrapolation_quality(work / "extrapolation")
         if options.model in ("transformer", "all"):
             transformer_quality(work / "transformer")
+        if options.model in ("paired", "all"):
+            antibody_pairs.paired_quality(work / "paired", train, table, baseline_perplexities)
+        if options.model in ("conditional", "all"):
+            antibody_pairs.conditional_quality(work / "conditional", train, table)
+        if options.model in ("antigens", "all"):
+            antibody_pairs.antigen_gains(work / "antigens", train, table)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,11 @@ class Family:
         """This epoch's measures (some of `measures`) on rank 0; the other ranks record None."""
         return {}
 
+    def test_measures(self, evaluation, test_loss):
+        """The measures of the test set (--test-data) with the best model: `evaluation`'s
+        validation set is the test set. None beyond the loss by default."""
+        return {}
+
     def summary_parts(self, measures):
         """Pieces of the epoch's summary line for the measures taken, e.g. "perplexity 3.1"."""
         return []
@@ -86,7 +91,7 @@ class Family:
 
 # The registry: `--model NAME` is the module families/NAME.py, whose FAMILY is its Family. The
 # order is that of --help and of the default (the first).
-REGISTERED = ("transformer", "gnn", "hgnn")
+REGISTERED = ("transformer", "seq2seq", "gnn", "hgnn")
 FAMILIES = {name: importlib.import_module(f"families.{name}").FAMILY for name in REGISTERED}
 NAMES = tuple(FAMILIES)
 

@@ -21,6 +21,17 @@ import tight_binding
 from families import Family
 
 
+def _one_grid(grids):
+    """The energy grid the files with spectra share (None: none has spectra)."""
+    paths = list(grids)
+    for path in paths[1:]:
+        if not np.array_equal(grids[path], grids[paths[0]]):
+            raise data.DataError(f"{path}: its energy grid ({len(grids[path])} points) is "
+                                 f"not that of {paths[0]} ({len(grids[paths[0]])} points); "
+                                 f"every split must share one grid")
+    return grids[paths[0]] if paths else None
+
+
 class TransportGNNFamily(Family):
     name = "gnn"
     defaults = {"num_samples": 2000, "epochs": 20, "batch_size": 64, "lr": 1e-3,
@@ -31,33 +42,62 @@ class TransportGNNFamily(Family):
     use_output = "{name}_predictions.csv"
 
     def load_dataset(self, settings, config):
-        """The built-in duplexes with spectra computed on the config's grid, or a DNA CSV:
-        with spectra, the file's own grid; without, spectra computed on the config's."""
-        path = settings["data"]
-        if path:
+        """The built-in duplexes with spectra computed on the config's grid, or DNA files
+        (--data, or --train-data/--val-data/--test-data): with spectra, the files' own grid
+        (one for all of them); without, spectra computed on the config's."""
+        grids = {}
+
+        def read(path):
+            # A record: (duplex, its log spectra or None, its contacts or None).
             duplexes, targets, grid, contacts = dna.load_transport_data(path)
-        else:
-            duplexes = dna.synthetic_duplexes(settings["num_samples"], settings["seed"])
-            targets = grid = None
-            contacts = [None] * len(duplexes)
+            if grid is not None:
+                grids[path] = grid
+            return [(d, None if targets is None else targets[i], c)
+                    for i, (d, c) in enumerate(zip(duplexes, contacts))]
+
+        def builtin():
+            return [(d, None, None) for d in dna.synthetic_duplexes(settings["num_samples"],
+                                                                    settings["seed"])]
+        # Records of one duplex (the same strands with other contacts, or another run) stay on
+        # one side of the split: otherwise validation would score memorised duplexes.
+        records, splits, source = data.records_and_splits(
+            settings, read, builtin, groups_of=lambda rs: [r[0] for r in rs])
+        duplexes = [r[0] for r in records]
+        contacts = [r[2] for r in records]
+        grid = _one_grid(grids)
+        given = [r[1] is not None for r in records]
+        targets = np.stack([r[1] for r in records]) if all(given) else None
         # Spectra computed here are not part of the fingerprint: they depend on the machine's
         # floating point library at the last bit, and a run may move between machines. A grid
         # the file states (not the default one of its size) is, and so are contacts other
         # than the default ones.
         parts = ["dna", duplexes, None if targets is None else targets.tobytes()]
+        if any(given) and targets is None:
+            parts.append(np.stack([r[1] for r in records if r[1] is not None]).tobytes())
         if grid is not None and not np.array_equal(grid, tight_binding.default_energy_grid(
                 len(grid))):
             parts.append(grid.tobytes())
         if any(contacts):
             parts.append(repr(contacts))
         if targets is None:
-            grid = tight_binding.default_energy_grid(config.n_energies)
-            targets = tight_binding.log_spectra(duplexes, grid, contacts)
-        # Records of one duplex (the same strands with other contacts, or another run) stay on
-        # one side of the split: otherwise validation would score memorised duplexes.
-        return data.split_dataset(dna.GraphData(duplexes, targets, contacts), settings,
-                                  data.fingerprint(*parts), path or "built-in data",
-                                  {"energy_grid": torch.from_numpy(grid)}, groups=duplexes)
+            grid = grid if grid is not None else tight_binding.default_energy_grid(
+                config.n_energies)
+            computed = tight_binding.log_spectra(
+                [d for d, g in zip(duplexes, given) if not g], grid,
+                [c for c, g in zip(contacts, given) if not g])
+            rows = iter(computed)
+            targets = np.stack([r[1] if g else next(rows) for r, g in zip(records, given)])
+        fingerprint = data.fingerprint(*parts)
+        if not splits.fixed and not torch.equal(splits.val, data.split_indices(
+                len(splits.train) + len(splits.val), settings["val_fraction"],
+                settings["seed"])[1]):
+            # As data.split_dataset marks a grouped split, so that existing runs resume.
+            fingerprint = data.fingerprint(fingerprint, "grouped split")
+        if data.fixed_split_fingerprint(splits) or settings.get("max_samples"):
+            fingerprint = data.fingerprint(fingerprint, *data.fixed_split_fingerprint(splits))
+        return data.Dataset(dna.GraphData(duplexes, targets, contacts), splits.train,
+                            splits.val, fingerprint, {"energy_grid": torch.from_numpy(grid)},
+                            test=splits.test)
 
     def fit_config(self, config, dataset, settings):
         """The model predicts one value per energy of the data's grid, and trains with the
@@ -69,6 +109,9 @@ class TransportGNNFamily(Family):
         # The model predicts standardised spectra: the scale comes from the training targets.
         targets = dataset.data.targets[dataset.train]
         model.set_target_scale(targets.to(model.target_mean.device))
+
+    def test_measures(self, evaluation, test_loss):
+        return self.epoch_measures(evaluation, None, test_loss)
 
     def epoch_measures(self, evaluation, epoch, val_loss):
         """R² and mean absolute error (decades) of log10 T(E) and log10 DOS(E) over the

@@ -1,42 +1,78 @@
-"""`--model transformer`: an autoregressive language model of antibody heavy chains (VH).
+"""`--model transformer`: an autoregressive language model of antibody heavy chains (VH), or
+of paired heavy|light chains (`<bos> heavy <sep> light <eos>`) when its data are pairs.
 
-Data: the built-in VH-like set or a FASTA/CSV/TXT file (antibody.py). Per epoch: perplexity,
-and every --eval-interval epochs the validity, diversity and novelty of sampled sequences,
+Data: the built-in VH-like set (antibody.py) or antibody records: FASTA/CSV/TXT of single
+chains, or CSV/JSON/JSON Lines of pairs (antibody_records.py; an antigen or pKd in them is
+not used by this unconditioned model: --model seq2seq reads them). Per epoch: perplexity,
+and every --eval-interval epochs the measures of sampled sequences (sample_quality.py),
 which are also written as FASTA. `--sample N` draws sequences from a trained model.
 """
 
-import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 import antibody
+import antibody_records
 import checkpoint as ckpt
 import data
 import metrics
+import models
+import sample_quality
 from families import Family
-from messages import check, warn
+from messages import check, say, warn
 
 
 class AntibodyLanguageModel(Family):
     name = "transformer"
     defaults = {"num_samples": 2000, "epochs": 5, "batch_size": 32, "lr": 1e-3,
-                "warmup_steps": 50}
-    measures = ("perplexity", "validity", "diversity", "novelty")
+                "warmup_steps": 50, "label_smoothing": 0.0}
+    measures = ("perplexity", *sample_quality.MEASURES)
     use = "sample"
     use_output = "{name}_generated.fasta"
 
     def load_dataset(self, settings, config):
-        path = settings["data"]
-        if path:
-            sequences, load_report = antibody.load_antibody_sequences(path, config.max_len - 2)
-            if load_report.summary(path):
-                warn(load_report.summary(path))
-        else:
-            sequences = antibody.synthetic_antibodies(settings["num_samples"], settings["seed"])
-        return data.split_dataset(antibody.SequenceData(sequences, config.max_len), settings,
-                                  data.fingerprint("antibody", sequences),
-                                  path or "built-in data")
+        ignored = []
+
+        def read(path):
+            # Paired records are read with the paired context; the config follows the data.
+            records, report = antibody_records.load_records(path, models.PAIRED_MAX_LEN - 3)
+            if report.summary(path):
+                warn(report.summary(path))
+            unpaired_limit = config.max_len - 2
+            if not antibody_records.is_paired(records):
+                too_long = [r for r in records if len(r.antibody) > unpaired_limit]
+                if too_long:
+                    warn(f"{path}: skipped {len(too_long)} too long for the model (first at "
+                         f"line {too_long[0].line})")
+                    records = [r for r in records if len(r.antibody) <= unpaired_limit]
+            if any(r.antigen or r.pkd is not None for r in records):
+                ignored.append(path)
+            return records
+
+        def builtin():
+            return [antibody_records.Record(s, None, None, 0) for s in
+                    antibody.synthetic_antibodies(settings["num_samples"], settings["seed"])]
+        records, splits, source = data.records_and_splits(settings, read, builtin)
+        if ignored:
+            say(f"Note: the transformer is not conditioned: the antigens and pKd in "
+                f"{', '.join(ignored)} are not used (--model seq2seq reads them)")
+        sequences = [r.antibody for r in records]
+        paired = antibody_records.is_paired(records)
+        max_len = models.PAIRED_MAX_LEN if paired else config.max_len
+        if splits.fixed or splits.test is not None or settings.get("max_samples"):
+            fingerprint = data.fingerprint("antibody", sequences,
+                                           *data.fixed_split_fingerprint(splits))
+        else:   # as before fixed splits existed, so that existing runs resume
+            fingerprint = data.fingerprint("antibody", sequences)
+        return data.Dataset(antibody.SequenceData(sequences, max_len), splits.train,
+                            splits.val, fingerprint, test=splits.test)
+
+    def fit_config(self, config, dataset, settings):
+        """Pairs need the paired context; label smoothing is the run's."""
+        return replace(config, max_len=dataset.data.tokens.shape[1],
+                       label_smoothing=settings["label_smoothing"])
 
     def epoch_measures(self, evaluation, epoch, val_loss):
         measures = {"perplexity": metrics.perplexity(val_loss)}
@@ -47,7 +83,7 @@ class AntibodyLanguageModel(Family):
         return measures
 
     def _sample_metrics(self, evaluation, epoch):
-        """Validity, diversity and novelty of sampled sequences, also written as FASTA.
+        """The measures of sampled sequences (sample_quality.py), also written as FASTA.
         Sampling has its own generator, seeded by (seed, epoch): it never moves the training
         RNG, so runs with and without sampling train identically."""
         settings = evaluation.settings
@@ -61,61 +97,48 @@ class AntibodyLanguageModel(Family):
         except OSError as e:
             warn(f"could not write sampled sequences to {evaluation.out_dir}: "
                  f"{e.strerror or e}")
-        if "training_sequences" not in evaluation.cache:
+        if "reference" not in evaluation.cache:
             dataset = evaluation.dataset
-            evaluation.cache["training_sequences"] = {dataset.data.sequences[int(i)]
-                                                      for i in dataset.train}
-        return {"validity": metrics.validity(sequences),
-                "diversity": metrics.diversity(sequences),
-                "novelty": metrics.novelty(sequences, evaluation.cache["training_sequences"])}
+            evaluation.cache["reference"] = sample_quality.TrainingReference(
+                dataset.data.sequences[int(i)] for i in dataset.train)
+        return sample_quality.measure(sequences, evaluation.cache["reference"])
+
+    def test_measures(self, evaluation, test_loss):
+        return {"perplexity": metrics.perplexity(test_loss)}
 
     def summary_parts(self, measures):
         parts = []
         if measures.get("perplexity") is not None:
             parts.append(f"perplexity {measures['perplexity']:.3f}")
-        for key in ("validity", "diversity", "novelty"):
-            if measures.get(key) is not None:
-                parts.append(f"{key} {_percent(measures[key])}")
-        return parts
+        return parts + sample_quality.summary_parts(measures)
 
     def status_lines(self, history):
-        if not history.get("validity"):
-            return []   # before the first epoch
-        latest = {key: next((v for v in reversed(history.get(key, [])) if v is not None), None)
-                  for key in ("validity", "diversity")}
-        return [f"Validity: {_percent(latest['validity'])}",
-                f"Diversity: {_percent(latest['diversity'])}"]
+        return sample_quality.status_lines(history)
 
     def use_trained(self, explicit, model, state, settings, where):
         """--sample N: FASTA of N sampled sequences and a report of their quality."""
+        from families.seq2seq import decoding_from_flags, training_reference
         n, seed = explicit["sample"], explicit.get("seed", 0)
-        temperature, top_p = explicit.get("temperature", 1.0), explicit.get("top_p", 1.0)
         check(n > 0, f"--sample must be a positive integer (got {n})")
-        check(0 < top_p <= 1, f"--top-p must be in (0, 1] (got {top_p})")
-        check(math.isfinite(temperature) and temperature > 0,
-              f"--temperature must be a positive number (got {temperature})")
-        sequences = sample_sequences(model, n, temperature, seed, top_p)
-        try:
-            dataset = self.load_dataset(settings, model.config)
-            training = [dataset.data.sequences[int(i)] for i in dataset.train]
-            novelty = (f", novelty {100 * metrics.novelty(sequences, training):.1f}% (not among"
-                       f" the {len(training)} training sequences)")
-        except data.DataError as e:
-            novelty = f", novelty not measured (the training data cannot be read: {e})"
-        imgt = metrics.imgt_validity(sequences)
-        validity = f"validity {100 * metrics.validity(sequences):.1f}% (built-in rule check)"
-        validity += (" (IMGT check not run: pip install anarcism to add it)" if imgt is None else
-                     f", {100 * imgt:.1f}% (IMGT: anarcism numbers one human VH domain with "
-                     f"Cys23, Trp41, Cys104, Trp118)")
-        nucleus = f", top-p {top_p:g}" if top_p < 1 else ""
-        report = (f"Sampled {n} sequences from {where}, temperature {temperature:g}{nucleus}, "
-                  f"seed {seed}: {validity}, diversity "
-                  f"{100 * metrics.diversity(sequences):.1f}%{novelty}")
-        return fasta(sequences, f"sample_t{temperature:g}_seed{seed}"), report, {}
+        check("antigen" not in explicit and "pkd" not in explicit,
+              "--antigen and --pkd condition a seq2seq model; this transformer is not "
+              "conditioned")
+        decoding = decoding_from_flags(explicit)
+        tokens = model.generate(n, torch.Generator().manual_seed(seed), decoding=decoding)
+        sequences = [antibody.decode(t) for t in tokens]
+        reference, why_not = training_reference(self, settings, model.config)
+        quality = sample_quality.report(sequences, reference)
+        if why_not:
+            quality += f", novelty not measured ({why_not})"
+        report = (f"Sampled {len(sequences)} sequences from {where}, {decoding.describe()}, "
+                  f"seed {seed}: {quality}")
+        return fasta(sequences, _prefix(decoding, seed)), report, {}
 
 
-def _percent(value):
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+def _prefix(decoding, seed):
+    if decoding.method == "sample":
+        return f"sample_t{decoding.temperature:g}_seed{seed}"
+    return decoding.method
 
 
 def sample_sequences(model, n, temperature, seed, top_p=1.0):

@@ -1,0 +1,269 @@
+"""The conditioned antibody generator's targets (issue 18), run from bench/quality.py:
+
+    python bench/quality.py --model paired        # paired human antibodies (OAS), ~15 min
+    python bench/quality.py --model conditional   # the built-in antigen rule, ~12 min
+    python bench/quality.py --model antigens      # real antigens and affinities, ~10 min
+
+paired: seq2seq (tiny) on the natively paired OAS set without antigens; held-out perplexity
+beside a position-aware unigram and a bigram model fitted on the same split; 1,000 sampled
+pairs: validity per chain and pair (rule check, and anarcism's IMGT numbering), uniqueness,
+novelty, the kappa share against the training data's; and the time to sample them.
+
+conditional: seq2seq on the built-in antigen-antibody data; for antigens never seen in
+training (a stream of their own), the share of pairs sampled at pKd 9 whose CDR-H3 obeys the
+hidden rule, the same model without the antigen (near the 1/8 chance), and the Spearman
+correlation between requested pKd (5-9) and the pKd the samples achieve under the rule.
+
+antigens: the conditioning gain on real data, held-out negative log-likelihood per token
+with a wrong condition minus with the true one (positive: the model reads the condition),
+with a bootstrap 95% interval over held-out records: CoV-AbDab (an antigen of another
+region against the true one; no antibody in two splits) and Absci's trastuzumab variants
+(a shuffled pKd against the true one).
+"""
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import antibody  # noqa: E402
+import metrics  # noqa: E402
+import sample_quality  # noqa: E402
+import synthetic_binders  # noqa: E402
+import use_model  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+PAIRED = SHARED / "oas_jaffe2022_donor3_paired.csv"
+COVABDAB = SHARED / "covabdab_sars2_pairs.csv"
+ABSCI = SHARED / "absci2023_trastuzumab_her2_spr_kd.csv"
+
+PAIRED_RUN = ["--model", "seq2seq", "--data", str(PAIRED), "--epochs", "10", "--lr", "2e-3",
+              "--lr-schedule", "cosine", "--warmup-steps", "100", "--eval-interval", "5",
+              "--eval-samples", "100", "--checkpoint-every-minutes", "0"]
+CONDITIONAL_RUN = ["--model", "seq2seq", "--num-samples", "4000", "--epochs", "10",
+                   "--batch-size", "16", "--lr-schedule", "cosine", "--eval-interval", "10",
+                   "--eval-samples", "100", "--checkpoint-every-minutes", "0"]
+COVABDAB_RUN = ["--model", "seq2seq", "--data", str(COVABDAB), "--epochs", "8",
+                "--lr-schedule", "cosine", "--eval-interval", "8", "--eval-samples", "50",
+                "--checkpoint-every-minutes", "0"]
+ABSCI_RUN = ["--model", "seq2seq", "--data", str(ABSCI), "--epochs", "15",
+             "--lr-schedule", "cosine", "--eval-interval", "15", "--eval-samples", "50",
+             "--checkpoint-every-minutes", "0"]
+
+
+def run_dataset(args):
+    """The run's dataset as train.py builds it (the same split)."""
+    from families import seq2seq
+    import models
+    import settings as settings_module
+    explicit = {"model": "seq2seq"}
+    for flag, value in zip(args[::2], args[1::2]):
+        key = flag[2:].replace("-", "_")
+        if key in ("data", "num_samples", "epochs"):
+            explicit[key] = int(value) if key != "data" else value
+    settings = settings_module.merge_settings(explicit, None)
+    return seq2seq.FAMILY.load_dataset(settings, models.get_config("seq2seq", "tiny"))
+
+
+def sample_pairs(model, n, condition, seed=0, batch=250):
+    """n pairs for one condition, sampled in batches; (pairs, seconds)."""
+    generator = torch.Generator().manual_seed(seed)
+    started = time.monotonic()
+    pairs = []
+    while len(pairs) < n:
+        tokens = model.generate(min(batch, n - len(pairs)), generator, condition)
+        pairs += [antibody.decode(t) for t in tokens]
+    return pairs, time.monotonic() - started
+
+
+def paired_quality(work, train, table, baseline_perplexities):
+    if not PAIRED.exists():
+        print(f"skipped: {PAIRED} is absent")
+        return
+    stdout, seconds = train(PAIRED_RUN, work)
+    best = torch.load(work / "seq2seq_tiny_best.pt", weights_only=True)
+    dataset = run_dataset(PAIRED_RUN)
+    train_seqs = [dataset.data.sequences[int(i)] for i in dataset.train]
+    val_seqs = [dataset.data.sequences[int(i)] for i in dataset.val]
+    baselines = baseline_perplexities(train_seqs, val_seqs)
+    model, _ = use_model.load_model(work / "seq2seq_tiny_best.pt", "seq2seq")
+    pairs, sampling_seconds = sample_pairs(model, 1000, antibody.condition(None, None, 640))
+    reference = sample_quality.TrainingReference(train_seqs)
+    rules = metrics.pair_validity(pairs)
+    imgt = metrics.imgt_pair_validity(pairs)
+    measures = sample_quality.measure(pairs, reference)
+    print(f"\nseq2seq on {PAIRED.name}: {len(train_seqs)} train / {len(val_seqs)} held out, "
+          f"trained in {seconds:.0f} s (best epoch {best['epoch']})")
+    table([["this model (seq2seq tiny, no antigen)", f"{math.exp(best['val_loss']):.3f}"]] +
+          [[name, f"{value:.3f}"] for name, value in baselines.items()],
+          ["held-out perplexity per token", "value"])
+    print()
+    pct = sample_quality.percent
+    table([["rule check", pct(rules["heavy"]), pct(rules["light"]), pct(rules["pair"])],
+           ["IMGT (anarcism)"] + (["n/a"] * 3 if imgt is None else
+                                  [pct(imgt["heavy"]), pct(imgt["light"]), pct(imgt["pair"])])],
+          ["1,000 sampled pairs: validity", "heavy", "light", "pair"])
+    print()
+    table([[pct(measures["diversity"]), pct(measures["novelty"]), pct(measures["kappa_share"]),
+            pct(reference.kappa_share), f"{measures['composition_js']:.4f}",
+            f"{measures['length_js']:.4f}", f"{sampling_seconds:.1f} s"]],
+          ["uniqueness", "novelty", "kappa (samples)", "kappa (training)", "JS amino acids",
+           "JS lengths", "sampling 1,000 pairs"])
+    print("\nFive sampled pairs:")
+    for pair in pairs[:5]:
+        print(f"  {pair}")
+    return {"sampling_seconds": sampling_seconds}
+
+
+def conditional_quality(work, train, table):
+    stdout, seconds = train(CONDITIONAL_RUN, work)
+    model, _ = use_model.load_model(work / "seq2seq_tiny_best.pt", "seq2seq")
+    held_out = synthetic_binders.held_out_antigens(400, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    rows, examples = [], []
+    results = {}
+    for label, has_antigen in (("with its antigen", True), ("without the antigen", False)):
+        obeyed = []
+        for start in range(0, len(held_out), 100):
+            chunk = held_out[start:start + 100]
+            conditions = stack([antibody.condition(a if has_antigen else None,
+                                                   synthetic_binders.EVAL_PKD, 640)
+                                for a, _ in chunk])
+            pairs = [antibody.decode(t) for t in model.generate(len(chunk), generator,
+                                                                conditions)]
+            obeyed += [synthetic_binders.obeys_rule(p, a) for p, (a, _) in zip(pairs, chunk)]
+            if has_antigen and not examples:
+                examples = list(zip(pairs[:5], chunk[:5]))
+        results[label] = float(np.mean(obeyed))
+        rows.append([label, f"{100 * results[label]:.1f}%"])
+    requested = np.linspace(5.0, 9.0, len(held_out))
+    achieved = []
+    for start in range(0, len(held_out), 100):
+        chunk = held_out[start:start + 100]
+        conditions = stack([antibody.condition(a, float(p), 640) for (a, _), p in
+                            zip(chunk, requested[start:start + 100])])
+        pairs = [antibody.decode(t) for t in model.generate(len(chunk), generator, conditions)]
+        achieved += [synthetic_binders.achieved_pkd(p, a) for p, (a, _) in zip(pairs, chunk)]
+    rho = metrics.spearman(requested, achieved)
+    print(f"\nseq2seq on the built-in antigen-antibody data: trained in {seconds:.0f} s")
+    table(rows + [["chance (a model that ignores the antigen)",
+                   f"{100 * synthetic_binders.chance_obedience():.1f}%"]],
+          [f"{len(held_out)} held-out antigens, pKd {synthetic_binders.EVAL_PKD:g}: obey the rule",
+           "share"])
+    print(f"\nSpearman(requested pKd, achieved pKd) over {len(held_out)} held-out antigens: "
+          f"{rho:.3f}")
+    print("\nFive conditioned samples (held-out antigen, pKd 9):")
+    for pair, (antigen, cls) in examples:
+        print(f"  antigen {antigen[:30]}... (class {cls}) -> {pair} "
+              f"(paratope {synthetic_binders.paratope(pair)}, obeys "
+              f"{synthetic_binders.obeys_rule(pair, antigen)})")
+    return {**results, "spearman": rho}
+
+
+def stack(conditions):
+    """One condition batch from one-row conditions (antigens padded to the longest)."""
+    width = max(c["antigen"].shape[1] for c in conditions)
+    antigen = torch.full((len(conditions), width), antibody.PAD_ID, dtype=torch.long)
+    for i, c in enumerate(conditions):
+        antigen[i, :c["antigen"].shape[1]] = c["antigen"][0]
+    return {"antigen": antigen,
+            **{k: torch.cat([c[k] for c in conditions]) for k in ("has_antigen", "pkd",
+                                                                   "has_pkd")}}
+
+
+@torch.no_grad()
+def record_nll(model, samples, rows, change=None):
+    """(NLL sum, token count) per record of `rows`, with `change(batch, chunk_rows)` applied
+    to the condition tensors first."""
+    sums, counts = [], []
+    for start in range(0, len(rows), 32):
+        chunk = rows[start:start + 32]
+        batch = samples.batch(chunk)
+        if change:
+            batch = change(batch, chunk)
+        condition = model.encode(batch["antigen"], batch["has_antigen"], batch["pkd"],
+                                 batch["has_pkd"])
+        logits = model(batch["input"], condition)
+        nll = F.cross_entropy(logits.transpose(1, 2), batch["target"],
+                              ignore_index=antibody.PAD_ID, reduction="none")
+        sums.append(nll.sum(1))
+        counts.append((batch["target"] != antibody.PAD_ID).sum(1))
+    return torch.cat(sums).double().numpy(), torch.cat(counts).double().numpy()
+
+
+def gain_with_interval(true, wrong, counts, reps=2000, seed=0):
+    """Per-token NLL(wrong) - NLL(true), and its bootstrap 95% interval over records."""
+    rng = np.random.default_rng(seed)
+    n = len(counts)
+    point = (wrong.sum() - true.sum()) / counts.sum()
+    draws = []
+    for _ in range(reps):
+        pick = rng.integers(0, n, n)
+        draws.append((wrong[pick].sum() - true[pick].sum()) / counts[pick].sum())
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return point, low, high
+
+
+def antigen_gains(work, train, table):
+    rows = []
+    if COVABDAB.exists():
+        stdout, seconds = train(COVABDAB_RUN, work / "covabdab")
+        model, _ = use_model.load_model(work / "covabdab" / "seq2seq_tiny_best.pt", "seq2seq")
+        dataset = run_dataset(COVABDAB_RUN)
+        samples, val = dataset.data, dataset.val
+        train_antibodies = {samples.sequences[int(i)] for i in dataset.train}
+        assert not train_antibodies & {samples.sequences[int(i)] for i in val}
+        region_of = _regions(COVABDAB)
+        antigen_of_region = {}
+        for a in samples.antigens:
+            antigen_of_region.setdefault(region_of[a], a)
+        rng = np.random.default_rng(0)
+
+        def other_region(batch, chunk):
+            swapped = []
+            for row in chunk.tolist():
+                true = region_of[samples.antigens[row]]
+                others = [a for region, a in sorted(antigen_of_region.items()) if region != true]
+                swapped.append(antibody.condition(others[rng.integers(len(others))], None,
+                                                  640))
+            return {**batch, **stack(swapped), "pkd": batch["pkd"],
+                    "has_pkd": batch["has_pkd"]}
+        true_nll, counts = record_nll(model, samples, val)
+        wrong_nll, _ = record_nll(model, samples, val, other_region)
+        point, low, high = gain_with_interval(true_nll, wrong_nll, counts)
+        rows.append([f"CoV-AbDab ({len(val)} held-out antibodies), antigen of another region "
+                     f"vs true", f"{point:+.4f}", f"[{low:+.4f}, {high:+.4f}]",
+                     f"{seconds:.0f} s"])
+    if ABSCI.exists():
+        stdout, seconds = train(ABSCI_RUN, work / "absci")
+        model, _ = use_model.load_model(work / "absci" / "seq2seq_tiny_best.pt", "seq2seq")
+        dataset = run_dataset(ABSCI_RUN)
+        samples, val = dataset.data, dataset.val
+        permutation = torch.from_numpy(np.random.default_rng(0).permutation(len(val)))
+        shuffled_pkd = dict(zip(val.tolist(), samples.pkd[val][permutation].tolist()))
+
+        def shuffled(batch, chunk):
+            return {**batch, "pkd": torch.tensor([shuffled_pkd[r] for r in chunk.tolist()])}
+        true_nll, counts = record_nll(model, samples, val)
+        wrong_nll, _ = record_nll(model, samples, val, shuffled)
+        point, low, high = gain_with_interval(true_nll, wrong_nll, counts)
+        rows.append([f"Absci trastuzumab ({len(val)} held-out variants), shuffled pKd vs true",
+                     f"{point:+.4f}", f"[{low:+.4f}, {high:+.4f}]", f"{seconds:.0f} s"])
+    print()
+    table(rows, ["conditioning gain (held-out NLL per token, wrong minus true)", "gain",
+                 "bootstrap 95% interval", "training"])
+    return rows
+
+
+def _regions(path):
+    """antigen sequence -> its region name (the CoV-AbDab file's `antigen` column)."""
+    import csv
+    with open(path) as f:
+        return {row["antigen_sequence"].strip(): row["antigen"] for row in csv.DictReader(f)}
