@@ -93,19 +93,24 @@ def _mutate(segment, rate, rng, protected=()):
 def synthetic_antibodies(n, seed):
     """`n` VH-like sequences (about 110-130 residues) with the conserved anchors in place."""
     rng = np.random.default_rng([seed, STREAM_ANTIBODY])
-    sequences = []
-    for _ in range(n):
-        fr1, cdr1, fr2, cdr2, fr3 = _V_GENES[rng.integers(len(_V_GENES))]
-        fr1 = _mutate(fr1, 0.03, rng, protected={21})
-        fr2 = _mutate(fr2, 0.03, rng, protected={0})
-        fr3 = _mutate(fr3, 0.03, rng, protected={len(fr3) - 3})
-        cdr1 = _mutate(cdr1, 0.15, rng)
-        cdr2 = _mutate(cdr2, 0.15, rng)
-        core = rng.choice(len(_CDR_RESIDUES), size=rng.integers(2, 18), p=_CDR_WEIGHTS)
-        cdr3 = "".join(_CDR_RESIDUES[i] for i in core) + _CDR3_ENDS[rng.integers(len(_CDR3_ENDS))]
-        fr4 = _mutate(_J_GENES[rng.integers(len(_J_GENES))], 0.02, rng, protected={0, 1, 3})
-        sequences.append(fr1 + cdr1 + fr2 + cdr2 + fr3 + cdr3 + fr4)
-    return sequences
+    return [synthetic_heavy_chain(rng) for _ in range(n)]
+
+
+def synthetic_heavy_chain(rng, cdr3_start="", fr3_kept=(3,)):
+    """One VH from a random germline of _V_GENES: frameworks mutated at 3% (Cys22, Trp36 and
+    FR3's residues `fr3_kept`, counted from its end, are kept), CDR1/2 at 15%, a CDR3 of
+    `cdr3_start`, a random core of 2-17 residues and a common end, and a mutated J region."""
+    fr1, cdr1, fr2, cdr2, fr3 = _V_GENES[rng.integers(len(_V_GENES))]
+    fr1 = _mutate(fr1, 0.03, rng, protected={21})
+    fr2 = _mutate(fr2, 0.03, rng, protected={0})
+    fr3 = _mutate(fr3, 0.03, rng, protected={len(fr3) - k for k in fr3_kept})
+    cdr1 = _mutate(cdr1, 0.15, rng)
+    cdr2 = _mutate(cdr2, 0.15, rng)
+    core = rng.choice(len(_CDR_RESIDUES), size=rng.integers(2, 18), p=_CDR_WEIGHTS)
+    cdr3 = (cdr3_start + "".join(_CDR_RESIDUES[i] for i in core)
+            + _CDR3_ENDS[rng.integers(len(_CDR3_ENDS))])
+    fr4 = _mutate(_J_GENES[rng.integers(len(_J_GENES))], 0.02, rng, protected={0, 1, 3})
+    return fr1 + cdr1 + fr2 + cdr2 + fr3 + cdr3 + fr4
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,27 +137,30 @@ class LoadReport:
                 f" kept {self.kept}")
 
 
-def _fasta_records(path, lines):
-    """(line number of the sequence's first line, sequence) for each FASTA record."""
-    records, current, start = [], None, 0
+def fasta_records(path, lines):
+    """(line number of the sequence's first line, sequence, header) for each FASTA record;
+    the header is the text after '>' (stripped, possibly empty)."""
+    records, current, start, header = [], None, 0, ""
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
             continue
         if line.startswith(">"):
             if current is not None:
-                records.append((start, "".join(current)))
-            current, start = [], number + 1
+                records.append((start, "".join(current), header))
+            current, start, header = [], number + 1, line[1:].strip()
         elif current is None:
             raise DataError(f"{path} line {number}: sequence before the first '>' header")
         else:
             current.append(line)
     if current is not None:
-        records.append((start, "".join(current)))
+        records.append((start, "".join(current), header))
     return records
 
 
-def _csv_records(path, lines):
+def csv_records(path, lines):
+    """(line number, sequence) for each row of a CSV with a column named like 'sequence'
+    (or a header-less single column of sequences)."""
     rows = list(csv.reader(lines))
     header = [h.strip() for h in rows[0]] if rows else []
     lowered = [h.lower() for h in header]
@@ -186,9 +194,9 @@ def load_antibody_sequences(path, max_residues):
     suffix = os.path.splitext(path)[1].lower()
     first = next((line.strip() for line in lines if line.strip()), "")
     if suffix in (".fasta", ".fa", ".faa", ".fas") or first.startswith(">"):
-        records = _fasta_records(path, lines)
+        records = [(n, seq) for n, seq, _ in fasta_records(path, lines)]
     elif suffix == ".csv":
-        records = _csv_records(path, lines)
+        records = csv_records(path, lines)
     else:
         records = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
     report, sequences = LoadReport(), []

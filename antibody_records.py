@@ -31,7 +31,7 @@ import string
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from antibody import AMINO_ACIDS, LoadReport, _csv_records, _fasta_records
+from antibody import AMINO_ACIDS, LoadReport, csv_records, fasta_records
 from data import DataError, read_lines
 
 
@@ -85,7 +85,7 @@ def load_records(path, max_residues=None, max_records=None):
     suffix = os.path.splitext(str(path))[1].lower()
     first = next((line.strip() for line in lines if line.strip()), "")
     if suffix in (".fasta", ".fa", ".faa", ".fas") or first.startswith(">"):
-        items = ((n, {"heavy": s}) for n, s in _fasta_records(path, lines))
+        items = ((n, {"heavy": s}) for n, s, _ in fasta_records(path, lines))
     elif suffix in (".json", ".jsonl", ".ndjson") or first[:1] in ("[", "{"):
         items = _json_items(path, lines, array=first.startswith("["))
     elif suffix == ".csv":
@@ -185,7 +185,7 @@ def _csv_items(path, lines):
         if "antigen" in columns or "pkd" in columns or "light" in columns:
             raise DataError(f"{path} line 1: no antibody column (antibody_sequence, or heavy "
                             f"and light) in the header {rows[0]}")
-        yield from ((n, {"heavy": s}) for n, s in _csv_records(path, lines))
+        yield from ((n, {"heavy": s}) for n, s in csv_records(path, lines))
         return
     last = max(columns.values())
     for number, row in enumerate(rows[1:], 2):

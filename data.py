@@ -7,7 +7,7 @@ run sees exactly the batches an uninterrupted one would.
 """
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -94,17 +94,19 @@ def split_dataset(samples, settings, fingerprint_, source, checkpoint_extras=Non
     if len(samples) < 2:
         raise DataError(f"{source}: at least 2 samples are needed (one to train, one to "
                         f"validate), got {len(samples)}")
+    splits = _seeded_splits(len(samples), settings, groups, source)
+    return Dataset(samples, splits.train, splits.val, split_fingerprint(fingerprint_, splits),
+                   checkpoint_extras or {})
+
+
+def _seeded_splits(n, settings, groups, source):
     try:
-        train, val = split_indices(len(samples), settings["val_fraction"], settings["seed"],
-                                   groups)
+        train, val = split_indices(n, settings["val_fraction"], settings["seed"], groups)
     except DataError as e:
         raise DataError(f"{source}: {e}") from None
-    if groups is not None and not torch.equal(val, split_indices(
-            len(samples), settings["val_fraction"], settings["seed"])[1]):
-        # A run saved before splits were grouped trained on another split of the same data:
-        # it must not resume on this one as if nothing changed.
-        fingerprint_ = fingerprint(fingerprint_, "grouped split")
-    return Dataset(samples, train, val, fingerprint_, checkpoint_extras or {})
+    regrouped = groups is not None and not torch.equal(
+        val, split_indices(n, settings["val_fraction"], settings["seed"])[1])
+    return Splits(train, val, regrouped=regrouped)
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Splits:
     val: torch.Tensor
     test: torch.Tensor = None
     fixed: bool = False     # --val-data gave the validation set
+    regrouped: bool = False  # grouping moved records across the plain seeded split
 
 
 def records_and_splits(settings, read, builtin, groups_of=None):
@@ -139,19 +142,22 @@ def records_and_splits(settings, read, builtin, groups_of=None):
         if n < 2:
             raise DataError(f"{source}: at least 2 samples are needed (one to train, one to "
                             f"validate), got {n}")
-        try:
-            train_idx, val_idx = split_indices(n, settings["val_fraction"], settings["seed"],
-                                               groups_of(main) if groups_of else None)
-        except DataError as e:
-            raise DataError(f"{source}: {e}") from None
+        splits = _seeded_splits(n, settings, groups_of(main) if groups_of else None, source)
     test_idx = None if test is None else torch.arange(len(records) - len(test), len(records))
-    return records, Splits(train_idx, val_idx, test_idx, val is not None), source
+    if val is not None:
+        return records, Splits(train_idx, val_idx, test_idx, fixed=True), source
+    return records, replace(splits, test=test_idx), source
 
 
-def fixed_split_fingerprint(splits):
-    """What a fingerprint adds for fixed splits: the sizes of each part (a run that moves a
-    record from training to validation is another run)."""
-    if not splits.fixed and splits.test is None:
-        return ()
-    return ("splits", len(splits.train), len(splits.val),
-            0 if splits.test is None else len(splits.test))
+def split_fingerprint(base, splits):
+    """The fingerprint `base` of a run's data, with what its split adds: a mark where
+    grouping moved records across the plain seeded split (a run saved before splits were
+    grouped trained on the plain one and must not resume on this one as if nothing changed),
+    and the sizes of fixed splits (a run that moves a record from training to validation is
+    another run). A plain seeded split adds nothing, so that existing runs resume."""
+    if splits.regrouped:
+        base = fingerprint(base, "grouped split")
+    if splits.fixed or splits.test is not None:
+        base = fingerprint(base, "splits", len(splits.train), len(splits.val),
+                           0 if splits.test is None else len(splits.test))
+    return base

@@ -11,12 +11,14 @@ Sampling draws only from the generator it is given, never the global RNG, so eva
 model during training does not change the random stream that training continues with.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from antibody import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from messages import check
 
 METHODS = ("sample", "greedy", "beam")
 
@@ -41,6 +43,24 @@ class Decoding:
         if self.top_p < 1:
             parts.append(f"top-p {self.top_p:g}")
         return "sampling, " + ", ".join(parts)
+
+
+def from_flags(explicit):
+    """The Decoding that --decode, --temperature, --top-k, --top-p and --beam-size ask for
+    (checked; `explicit` holds the flags given, with --sample's count)."""
+    d = Decoding(explicit.get("decode", "sample"), explicit.get("temperature", 1.0),
+                 explicit.get("top_k", 0), explicit.get("top_p", 1.0),
+                 explicit.get("beam_size", 5))
+    check(0 < d.top_p <= 1, f"--top-p must be in (0, 1] (got {d.top_p})")
+    check(math.isfinite(d.temperature) and d.temperature > 0,
+          f"--temperature must be a positive number (got {d.temperature})")
+    check(d.top_k >= 0, f"--top-k must be 0 (all tokens) or more (got {d.top_k})")
+    check(d.beam_size > 0, f"--beam-size must be a positive integer (got {d.beam_size})")
+    if d.method == "beam":
+        check(explicit["sample"] <= d.beam_size,
+              f"--decode beam gives at most --beam-size ({d.beam_size}) sequences per "
+              f"condition; --sample {explicit['sample']} asks for more")
+    return d
 
 
 def _forbid_invalid_tokens(logits):

@@ -31,6 +31,9 @@ COMMON_DEFAULTS = {
     "early_stopping": None,
     # The antibody families set these in their defaults (others refuse the flags).
     "label_smoothing": None, "max_antigen_length": None,
+    # None: the size table's dropout for the model (0.1 for the antibody models, 0 for the
+    # DNA models).
+    "dropout": None,
 }
 DATA_PATHS = ("data", "train_data", "val_data", "test_data")
 # Every family sets these in its `defaults`.
@@ -39,7 +42,7 @@ SETTINGS = tuple(COMMON_DEFAULTS) + FAMILY_SETTINGS
 # What makes a run this run: a resume that asks for different values is refused.
 RUN_IDENTITY = ("model", "config", *DATA_PATHS, "num_samples", "max_samples", "val_fraction",
                 "seed", "lr_schedule", "warmup_steps", "loss", "huber_delta",
-                "label_smoothing", "max_antigen_length")
+                "label_smoothing", "max_antigen_length", "dropout")
 # What an explicit flag may change on resume, with a notice.
 OVERRIDABLE = ("lr", "weight_decay", "grad_clip", "precision", "early_stopping")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,6 +82,9 @@ def validate(explicit):
         check(0 <= explicit["label_smoothing"] < 1,
               f"--label-smoothing must be at least 0 and below 1 "
               f"(got {explicit['label_smoothing']})")
+    if "dropout" in explicit:
+        check(0 <= explicit["dropout"] < 1,
+              f"--dropout must be at least 0 and below 1 (got {explicit['dropout']})")
     if "data" in explicit and "train_data" in explicit:
         raise UsageError("--data and --train-data both name the training data: give one")
     if "val_data" in explicit and "train_data" not in explicit:

@@ -9,7 +9,7 @@ the decision and load the same file.
 import functools
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +246,8 @@ def load_dataset(family, settings, config, state, source):
         raise UsageError(f"the data differs from what {source} was trained on "
                          f"({settings['data'] or 'built-in data'}); use --fresh or another --name")
     fitted = family.fit_config(config, dataset, settings)
+    if settings["dropout"] is not None:   # --dropout replaces the size table's
+        fitted = replace(fitted, dropout=settings["dropout"])
     if state is not None and fitted != config:
         differing = [f"{k} {v} vs {getattr(fitted, k)}" for k, v in asdict(config).items()
                      if getattr(fitted, k) != v]

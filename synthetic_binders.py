@@ -57,7 +57,8 @@ import re
 
 import numpy as np
 
-from antibody import _CDR3_ENDS, _CDR_RESIDUES, _CDR_WEIGHTS, _J_GENES, _V_GENES, _mutate
+import antibody
+from antibody import _CDR_RESIDUES, _CDR_WEIGHTS, _mutate
 from data import STREAM_BINDERS, STREAM_HELD_OUT_ANTIGENS
 
 # (STREAM_BINDERS, STREAM_HELD_OUT_ANTIGENS = 5, 6 live in data.py with the other streams:
@@ -199,17 +200,8 @@ def _paratope(cls, matches, rng):
 
 def _heavy_chain(paratope, rng):
     """A VH as antibody.synthetic_antibodies builds it, CDR-H3 starting with `paratope`; the
-    "YYCAR"/"YYCAK" ending FR3 is protected so that the paratope can be found."""
-    fr1, cdr1, fr2, cdr2, fr3 = _V_GENES[rng.integers(len(_V_GENES))]
-    fr1 = _mutate(fr1, 0.03, rng, protected={21})
-    fr2 = _mutate(fr2, 0.03, rng, protected={0})
-    fr3 = _mutate(fr3, 0.03, rng, protected=set(range(len(fr3) - 5, len(fr3))))
-    cdr1 = _mutate(cdr1, 0.15, rng)
-    cdr2 = _mutate(cdr2, 0.15, rng)
-    cdr3 = (paratope + _cdr_residues(rng, rng.integers(2, 18))
-            + _CDR3_ENDS[rng.integers(len(_CDR3_ENDS))])
-    fr4 = _mutate(_J_GENES[rng.integers(len(_J_GENES))], 0.02, rng, protected={0, 1, 3})
-    return fr1 + cdr1 + fr2 + cdr2 + fr3 + cdr3 + fr4
+    "YYCAR"/"YYCAK" ending FR3 is kept whole so that the paratope can be found."""
+    return antibody.synthetic_heavy_chain(rng, cdr3_start=paratope, fr3_kept=(1, 2, 3, 4, 5))
 
 
 def synthetic_antigen(cls, rng):

@@ -246,6 +246,7 @@ def test_bad_sampling_flags_are_one_line_each(seq2seq_run, args, message, capsys
     (["--val-data", "x.csv"], "--val-data goes with --train-data"),
     (["--data", "a.csv", "--train-data", "b.csv"], "--data and --train-data both name"),
     (["--label-smoothing", 1.0], "--label-smoothing must be at least 0 and below 1"),
+    (["--dropout", 1.0], "--dropout must be at least 0 and below 1"),
 ])
 def test_bad_training_flags_are_refused_before_anything_is_written(tmp_path, args, message,
                                                                    capsys):
@@ -253,6 +254,24 @@ def test_bad_training_flags_are_refused_before_anything_is_written(tmp_path, arg
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_dropout_is_part_of_the_run(tmp_path, capsys):
+    """--dropout replaces the size table's in the config; a resume without the flag keeps the
+    run's, a resume that asks for another is refused."""
+    folder = tmp_path / "runs"
+    base = [*SEQ2SEQ_ARGS, "--checkpoint-dir", folder, "--eval-samples", 4]
+    assert run_main([*base, "--dropout", 0, "--epochs", 1]) == 0
+    state = torch.load(folder / "seq2seq_tiny_latest.pt", weights_only=True)
+    assert state["config"]["dropout"] == 0.0
+    assert models.get_config("seq2seq", "tiny").dropout == 0.1
+    assert run_main([*base, "--epochs", 2]) == 0
+    state = torch.load(folder / "seq2seq_tiny_latest.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["config"]["dropout"] == 0.0
+    capsys.readouterr()
+    assert run_main([*base, "--epochs", 3, "--dropout", 0.2]) == 2
+    err = capsys.readouterr().err
+    assert "dropout (checkpoint 0.0, requested 0.2)" in err and err.count("\n") == 1, err
 
 
 def test_antigens_longer_than_the_maximum_are_cropped_with_one_counted_warning(tmp_path):

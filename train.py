@@ -140,6 +140,10 @@ def _add_training_flags(p):
                    help="antibody models: label smoothing of the training loss (validation "
                         "loss is the plain likelihood; default "
                         f"{_per_family('label_smoothing')})")
+    g.add_argument("--dropout", type=float, metavar="P",
+                   help="dropout probability of the model's layers (default: the size "
+                        "table's, 0.1 for the antibody models, 0 for the DNA models); part of "
+                        "the run, like the config")
     g.add_argument("--early-stopping", "--early_stopping", type=int, metavar="N",
                    help="stop when validation loss has not improved for N epochs (the "
                         "counter is checkpointed; default: off)")

@@ -87,14 +87,7 @@ class TransportGNNFamily(Family):
                 [c for c, g in zip(contacts, given) if not g])
             rows = iter(computed)
             targets = np.stack([r[1] if g else next(rows) for r, g in zip(records, given)])
-        fingerprint = data.fingerprint(*parts)
-        if not splits.fixed and not torch.equal(splits.val, data.split_indices(
-                len(splits.train) + len(splits.val), settings["val_fraction"],
-                settings["seed"])[1]):
-            # As data.split_dataset marks a grouped split, so that existing runs resume.
-            fingerprint = data.fingerprint(fingerprint, "grouped split")
-        if data.fixed_split_fingerprint(splits) or settings.get("max_samples"):
-            fingerprint = data.fingerprint(fingerprint, *data.fixed_split_fingerprint(splits))
+        fingerprint = data.split_fingerprint(data.fingerprint(*parts), splits)
         return data.Dataset(dna.GraphData(duplexes, targets, contacts), splits.train,
                             splits.val, fingerprint, {"energy_grid": torch.from_numpy(grid)},
                             test=splits.test)

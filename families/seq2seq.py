@@ -20,20 +20,19 @@ import torch
 
 import antibody
 import antibody_records
-import checkpoint as ckpt
 import data
+import decoding as decoding_module
 import metrics
 import sample_quality
 import synthetic_binders
-from decoding import Decoding
-from families import Family
+from families.transformer import AntibodyLanguageModel, training_reference_of, write_samples
 from messages import check, warn
 
 # Requested pKd of the rule-obedience samples: the top of the built-in data's range.
 OBEY_PKD = 9.0
 
 
-class ConditionedAntibodyGenerator(Family):
+class ConditionedAntibodyGenerator(AntibodyLanguageModel):
     name = "seq2seq"
     defaults = {"num_samples": 2000, "epochs": 10, "batch_size": 32, "lr": 1e-3,
                 "warmup_steps": 50, "label_smoothing": 0.0}
@@ -71,9 +70,10 @@ class ConditionedAntibodyGenerator(Family):
                                            [r.antigen for r in records],
                                            [r.pkd for r in records], config.max_len,
                                            max_antigen)
-        fingerprint = data.fingerprint("antibody-conditioned",
-                                       [(r.antibody, r.antigen, r.pkd) for r in records],
-                                       max_antigen, *data.fixed_split_fingerprint(splits))
+        fingerprint = data.split_fingerprint(
+            data.fingerprint("antibody-conditioned",
+                             [(r.antibody, r.antigen, r.pkd) for r in records], max_antigen),
+            splits)
         return data.Dataset(samples, splits.train, splits.val, fingerprint, test=splits.test)
 
     def fit_config(self, config, dataset, settings):
@@ -81,46 +81,30 @@ class ConditionedAntibodyGenerator(Family):
                        max_antigen_len=settings.get("max_antigen_length")
                        or config.max_antigen_len)
 
-    # -- per-epoch measures ----------------------------------------------------------------
+    # -- per-epoch measures: the transformer's, for pairs sampled under conditions ---------
 
-    def epoch_measures(self, evaluation, epoch, val_loss):
-        measures = {"perplexity": metrics.perplexity(val_loss)}
-        settings = evaluation.settings
-        if evaluation.main and (epoch % settings["eval_interval"] == 0
-                                or epoch == settings["epochs"]):
-            measures.update(self._sample_measures(evaluation, epoch))
-        return measures
-
-    def _sample_measures(self, evaluation, epoch):
-        """Sampled pairs for the conditions of validation records (their antigens are not
-        trained on), measured against the training data. Sampling has its own generator,
-        seeded by (seed, epoch): it never moves the training RNG."""
+    def sample_measures(self, evaluation, epoch, generator):
+        """Pairs sampled for the conditions of validation records (their antigens are not
+        trained on), measured against the training data; on the built-in data also the
+        hidden rule's measures."""
         settings, dataset = evaluation.settings, evaluation.dataset
-        seed = int(np.random.SeedSequence([settings["seed"], 5, epoch]).generate_state(1)[0])
-        generator = torch.Generator().manual_seed(seed)
         n = settings["eval_samples"]
         rows = dataset.val[torch.arange(n) % len(dataset.val)]
-        conditions = _conditions_of(dataset.data, rows)
         model = evaluation.model
-        sequences = _decode_all(model.generate(n, generator, conditions))
-        _write_samples(evaluation, epoch, sequences, dataset.data, rows)
-        reference = evaluation.cache.get("reference")
-        if reference is None:
-            reference = evaluation.cache["reference"] = sample_quality.TrainingReference(
-                dataset.data.sequences[int(i)] for i in dataset.train)
-        measures = sample_quality.measure(sequences, reference)
+        sequences = _decode_all(model.generate(n, generator, _conditions_of(dataset.data, rows)))
+        lines = []
+        for i, (sequence, row) in enumerate(zip(sequences, rows.tolist())):
+            pkd = dataset.data.pkds[row]
+            tag = f"val_record={row} pKd={'none' if pkd is None else f'{pkd:.2f}'}"
+            lines.append(f">epoch{epoch}_sample{i} {tag}\n{sequence}\n")
+        write_samples(evaluation, "".join(lines))
+        measures = sample_quality.measure(sequences, training_reference_of(evaluation))
         if not (settings.get("train_data") or settings["data"]):   # the built-in data
             measures.update(_rule_measures(model, dataset.data, rows, generator))
         return measures
 
-    def test_measures(self, evaluation, test_loss):
-        return {"perplexity": metrics.perplexity(test_loss)}
-
     def summary_parts(self, measures):
-        parts = []
-        if measures.get("perplexity") is not None:
-            parts.append(f"perplexity {measures['perplexity']:.3f}")
-        parts += sample_quality.summary_parts(measures)
+        parts = super().summary_parts(measures)
         if measures.get("rule_obeyed") is not None:
             parts.append(f"rule obeyed {sample_quality.percent(measures['rule_obeyed'])} "
                          f"(without antigen "
@@ -129,7 +113,7 @@ class ConditionedAntibodyGenerator(Family):
         return parts
 
     def status_lines(self, history):
-        lines = sample_quality.status_lines(history)
+        lines = super().status_lines(history)
         latest = {key: sample_quality.latest(history, key) for key in
                   ("rule_obeyed", "rule_obeyed_without_antigen", "pkd_spearman")}
         if latest["rule_obeyed"] is not None:
@@ -146,7 +130,7 @@ class ConditionedAntibodyGenerator(Family):
         """--sample N [--antigen SEQ|FASTA] [--pkd X]: FASTA of heavy|light pairs for each
         antigen (or none), with the report of their quality and the condition used."""
         n, seed = explicit["sample"], explicit.get("seed", 0)
-        decoding = decoding_from_flags(explicit)
+        decoding = decoding_module.from_flags(explicit)
         check(n > 0, f"--sample must be a positive integer (got {n})")
         antigens = read_antigens(explicit.get("antigen"))
         pkd = explicit.get("pkd")
@@ -166,7 +150,7 @@ class ConditionedAntibodyGenerator(Family):
             tag = f"antigen={label}" if antigen else "antigen=none"
             tag += f" pKd={pkd:g}" if pkd is not None else " pKd=none"
             text += [f">sample_{len(text) + i} {tag}\n{s}\n" for i, s in enumerate(drawn, 1)]
-        reference = training_reference(self, settings, config)
+        reference = self.training_reference(settings, config)
         quality = sample_quality.report(sequences, reference[0] if reference[0] else None,
                                         None)
         if reference[1]:
@@ -183,34 +167,6 @@ def _number(value):
     return "n/a (every sample achieved the same pKd)" if value is None else f"{value:.3f}"
 
 
-def training_reference(family, settings, config):
-    """(TrainingReference of the run's training sequences, None) or (None, why not)."""
-    try:
-        dataset = family.load_dataset(settings, config)
-    except data.DataError as e:
-        return None, f"the training data cannot be read: {e}"
-    return sample_quality.TrainingReference(
-        dataset.data.sequences[int(i)] for i in dataset.train), None
-
-
-def decoding_from_flags(explicit):
-    """The Decoding the --decode, --temperature, --top-k, --top-p and --beam-size flags ask
-    for (checked)."""
-    d = Decoding(explicit.get("decode", "sample"), explicit.get("temperature", 1.0),
-                 explicit.get("top_k", 0), explicit.get("top_p", 1.0),
-                 explicit.get("beam_size", 5))
-    check(0 < d.top_p <= 1, f"--top-p must be in (0, 1] (got {d.top_p})")
-    check(math.isfinite(d.temperature) and d.temperature > 0,
-          f"--temperature must be a positive number (got {d.temperature})")
-    check(d.top_k >= 0, f"--top-k must be 0 (all tokens) or more (got {d.top_k})")
-    check(d.beam_size > 0, f"--beam-size must be a positive integer (got {d.beam_size})")
-    if d.method == "beam":
-        check(explicit["sample"] <= d.beam_size,
-              f"--decode beam gives at most --beam-size ({d.beam_size}) sequences per "
-              f"condition; --sample {explicit['sample']} asks for more")
-    return d
-
-
 def read_antigens(argument):
     """[(label, sequence)] for --antigen: a sequence, or a FASTA file of one or more
     antigens; [("none", None)] without it."""
@@ -218,14 +174,14 @@ def read_antigens(argument):
         return [("none", None)]
     if os.path.exists(argument):
         lines = data.read_lines(argument)
-        records = antibody._fasta_records(argument, lines) if any(
-            line.startswith(">") for line in lines) else [
-            (i, line.strip()) for i, line in enumerate(lines, 1) if line.strip()]
-        headers = [line[1:].split()[0] if line[1:].split() else f"antigen{i}"
-                   for i, line in enumerate((l for l in lines if l.startswith(">")), 1)]
-        labels = headers if len(headers) == len(records) else [
-            f"{os.path.basename(argument)}:{number}" for number, _ in records]
-        antigens = [(label, sequence.upper()) for label, (_, sequence) in zip(labels, records)]
+        if any(line.startswith(">") for line in lines):
+            records = [(header.split()[0] if header else
+                        f"{os.path.basename(argument)}:{number}", sequence)
+                       for number, sequence, header in antibody.fasta_records(argument, lines)]
+        else:   # one sequence per line
+            records = [(f"{os.path.basename(argument)}:{number}", line.strip())
+                       for number, line in enumerate(lines, 1) if line.strip()]
+        antigens = [(label, sequence.upper()) for label, sequence in records]
     else:
         antigens = [(f"{argument[:12]}..({len(argument)} aa)" if len(argument) > 15
                      else argument, argument.upper())]
@@ -245,18 +201,6 @@ def _conditions_of(samples, rows):
 
 def _decode_all(tokens):
     return [antibody.decode(t) for t in tokens]
-
-
-def _write_samples(evaluation, epoch, sequences, samples, rows):
-    lines = []
-    for i, (sequence, row) in enumerate(zip(sequences, rows.tolist())):
-        pkd = samples.pkds[row]
-        tag = f"val_record={row} pKd={'none' if pkd is None else f'{pkd:.2f}'}"
-        lines.append(f">epoch{epoch}_sample{i} {tag}\n{sequence}\n")
-    try:
-        ckpt.write_text(evaluation.out_dir / evaluation.run.samples.name, "".join(lines))
-    except OSError as e:
-        warn(f"could not write sampled sequences to {evaluation.out_dir}: {e.strerror or e}")
 
 
 def _rule_measures(model, samples, rows, generator):

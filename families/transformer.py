@@ -17,6 +17,7 @@ import antibody
 import antibody_records
 import checkpoint as ckpt
 import data
+import decoding as decoding_module
 import metrics
 import models
 import sample_quality
@@ -61,11 +62,7 @@ class AntibodyLanguageModel(Family):
         sequences = [r.antibody for r in records]
         paired = antibody_records.is_paired(records)
         max_len = models.PAIRED_MAX_LEN if paired else config.max_len
-        if splits.fixed or splits.test is not None or settings.get("max_samples"):
-            fingerprint = data.fingerprint("antibody", sequences,
-                                           *data.fixed_split_fingerprint(splits))
-        else:   # as before fixed splits existed, so that existing runs resume
-            fingerprint = data.fingerprint("antibody", sequences)
+        fingerprint = data.split_fingerprint(data.fingerprint("antibody", sequences), splits)
         return data.Dataset(antibody.SequenceData(sequences, max_len), splits.train,
                             splits.val, fingerprint, test=splits.test)
 
@@ -74,34 +71,25 @@ class AntibodyLanguageModel(Family):
         return replace(config, max_len=dataset.data.tokens.shape[1],
                        label_smoothing=settings["label_smoothing"])
 
+    # -- per-epoch measures (shared with the conditioned generator) ------------------------
+
     def epoch_measures(self, evaluation, epoch, val_loss):
         measures = {"perplexity": metrics.perplexity(val_loss)}
         settings = evaluation.settings
         if evaluation.main and (epoch % settings["eval_interval"] == 0
                                 or epoch == settings["epochs"]):
-            measures.update(self._sample_metrics(evaluation, epoch))
+            generator = torch.Generator().manual_seed(sampling_seed(settings, epoch))
+            measures.update(self.sample_measures(evaluation, epoch, generator))
         return measures
 
-    def _sample_metrics(self, evaluation, epoch):
-        """The measures of sampled sequences (sample_quality.py), also written as FASTA.
-        Sampling has its own generator, seeded by (seed, epoch): it never moves the training
-        RNG, so runs with and without sampling train identically."""
-        settings = evaluation.settings
-        seed = int(np.random.SeedSequence([settings["seed"], 5, epoch]).generate_state(1)[0])
-        tokens = evaluation.model.generate(settings["eval_samples"],
-                                           torch.Generator().manual_seed(seed))
+    def sample_measures(self, evaluation, epoch, generator):
+        """The measures of --eval-samples sampled sequences (sample_quality.py), which are
+        also written as FASTA."""
+        tokens = evaluation.model.generate(evaluation.settings["eval_samples"], generator)
         sequences = [antibody.decode(t) for t in tokens]
-        fasta = "".join(f">epoch{epoch}_sample{i}\n{s}\n" for i, s in enumerate(sequences))
-        try:
-            ckpt.write_text(evaluation.out_dir / evaluation.run.samples.name, fasta)
-        except OSError as e:
-            warn(f"could not write sampled sequences to {evaluation.out_dir}: "
-                 f"{e.strerror or e}")
-        if "reference" not in evaluation.cache:
-            dataset = evaluation.dataset
-            evaluation.cache["reference"] = sample_quality.TrainingReference(
-                dataset.data.sequences[int(i)] for i in dataset.train)
-        return sample_quality.measure(sequences, evaluation.cache["reference"])
+        write_samples(evaluation, "".join(f">epoch{epoch}_sample{i}\n{s}\n"
+                                          for i, s in enumerate(sequences)))
+        return sample_quality.measure(sequences, training_reference_of(evaluation))
 
     def test_measures(self, evaluation, test_loss):
         return {"perplexity": metrics.perplexity(test_loss)}
@@ -115,18 +103,29 @@ class AntibodyLanguageModel(Family):
     def status_lines(self, history):
         return sample_quality.status_lines(history)
 
+    def training_reference(self, settings, config):
+        """(TrainingReference of the run's training sequences, None), or (None, why not)
+        when the run's data cannot be read any more (for --sample's novelty)."""
+        try:
+            dataset = self.load_dataset(settings, config)
+        except data.DataError as e:
+            return None, f"the training data cannot be read: {e}"
+        return sample_quality.TrainingReference(
+            dataset.data.sequences[int(i)] for i in dataset.train), None
+
+    # -- --sample ------------------------------------------------------------------------------
+
     def use_trained(self, explicit, model, state, settings, where):
         """--sample N: FASTA of N sampled sequences and a report of their quality."""
-        from families.seq2seq import decoding_from_flags, training_reference
         n, seed = explicit["sample"], explicit.get("seed", 0)
         check(n > 0, f"--sample must be a positive integer (got {n})")
         check("antigen" not in explicit and "pkd" not in explicit,
               "--antigen and --pkd condition a seq2seq model; this transformer is not "
               "conditioned")
-        decoding = decoding_from_flags(explicit)
+        decoding = decoding_module.from_flags(explicit)
         tokens = model.generate(n, torch.Generator().manual_seed(seed), decoding=decoding)
         sequences = [antibody.decode(t) for t in tokens]
-        reference, why_not = training_reference(self, settings, model.config)
+        reference, why_not = self.training_reference(settings, model.config)
         quality = sample_quality.report(sequences, reference)
         if why_not:
             quality += f", novelty not measured ({why_not})"
@@ -151,6 +150,31 @@ def sample_sequences(model, n, temperature, seed, top_p=1.0):
 
 def fasta(sequences, prefix):
     return "".join(f">{prefix}_{i}\n{s}\n" for i, s in enumerate(sequences, 1))
+
+
+def sampling_seed(settings, epoch):
+    """The seed of an epoch's evaluation samples, from (seed, epoch) alone: sampling has its
+    own generator and never moves the training RNG, so runs with and without sampling train
+    identically."""
+    return int(np.random.SeedSequence([settings["seed"], 5, epoch]).generate_state(1)[0])
+
+
+def training_reference_of(evaluation):
+    """The run's TrainingReference (its training sequences), built once per run."""
+    if "reference" not in evaluation.cache:
+        dataset = evaluation.dataset
+        evaluation.cache["reference"] = sample_quality.TrainingReference(
+            dataset.data.sequences[int(i)] for i in dataset.train)
+    return evaluation.cache["reference"]
+
+
+def write_samples(evaluation, text):
+    """Write an epoch's sampled sequences (FASTA text) to the run's samples file; a failure
+    is a warning (the samples are a view of the run, not part of it)."""
+    try:
+        ckpt.write_text(evaluation.out_dir / evaluation.run.samples.name, text)
+    except OSError as e:
+        warn(f"could not write sampled sequences to {evaluation.out_dir}: {e.strerror or e}")
 
 
 FAMILY = AntibodyLanguageModel()
