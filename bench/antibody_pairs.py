@@ -49,7 +49,7 @@ PAIRED_RUN = ["--model", "seq2seq", "--data", str(PAIRED), "--epochs", "10", "--
               "--eval-samples", "100", "--checkpoint-every-minutes", "0"]
 # Dropout 0 and a peak learning rate of 3e-3: with the defaults (0.1, 1e-3) the first
 # paratope residue was predicted no better from the true antigen than from another's after
-# 750 steps of 32 (11% against 10%), with these 65% against 10% (docs/model-quality.md).
+# 750 steps of 32 (15% against 10%), with these 65% against 10% (docs/model-quality.md).
 CONDITIONAL_RUN = ["--model", "seq2seq", "--num-samples", "4000", "--epochs", "22",
                    "--batch-size", "32", "--lr", "3e-3", "--dropout", "0",
                    "--lr-schedule", "cosine", "--eval-interval", "22",

@@ -110,8 +110,7 @@ class AntibodyLanguageModel(Family):
             dataset = self.load_dataset(settings, config)
         except data.DataError as e:
             return None, f"the training data cannot be read: {e}"
-        return sample_quality.TrainingReference(
-            dataset.data.sequences[int(i)] for i in dataset.train), None
+        return _reference(dataset), None
 
     # -- --sample ------------------------------------------------------------------------------
 
@@ -162,10 +161,13 @@ def sampling_seed(settings, epoch):
 def training_reference_of(evaluation):
     """The run's TrainingReference (its training sequences), built once per run."""
     if "reference" not in evaluation.cache:
-        dataset = evaluation.dataset
-        evaluation.cache["reference"] = sample_quality.TrainingReference(
-            dataset.data.sequences[int(i)] for i in dataset.train)
+        evaluation.cache["reference"] = _reference(evaluation.dataset)
     return evaluation.cache["reference"]
+
+
+def _reference(dataset):
+    return sample_quality.TrainingReference(dataset.data.sequences[int(i)]
+                                            for i in dataset.train)
 
 
 def write_samples(evaluation, text):
