@@ -165,6 +165,25 @@ def fsync_directory(directory):
         os.close(fd)
 
 
+def make_folders(path):
+    """`mkdir -p path`, durably: each folder it creates is fsynced into its parent, so that a
+    power cut cannot make a new run's folder (and the checkpoints already renamed into it)
+    vanish. (A rename is durable once its folder is fsynced; the folder itself, only once
+    its parent is.)"""
+    path = Path(path)
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+        fsync_directory(folder.parent)
+
+
 def _remove_quietly(path):
     try:
         os.unlink(path)
@@ -478,14 +497,24 @@ def load_checkpoint(path):
 
 
 def find_resume_checkpoint(run):
-    """The newest checkpoint of `run` that verifies and loads.
+    """The newest checkpoint of `run` (by the global step it records, whatever its name)
+    that verifies and loads.
+
+    Newest by step, not latest first: a save publishes the epoch and best names before
+    latest, so a crash between the two leaves an epoch (and best) file one save newer than
+    latest, and resuming from latest would redo that save's steps and move the newer, valid
+    files aside. Files of equal step keep the order latest, epochs high to low, best.
 
     Returns:
         (state, path, skipped): state and path are None when no candidate is usable;
         skipped lists (path, reason) for each candidate that was passed over.
     """
     skipped = []
-    for path in run.resume_candidates():
+    candidates = run.resume_candidates()
+    # A file whose step cannot be read is damaged: it goes first, to be named and skipped
+    # (and then moved aside), never silently passed over.
+    steps = {path: (read_progress(path) or (-1, float("inf")))[1] for path in candidates}
+    for path in sorted(candidates, key=lambda path: -steps[path]):   # stable sort
         try:
             return load_checkpoint(path), path, skipped
         except CheckpointError as e:

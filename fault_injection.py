@@ -11,6 +11,15 @@ killer or a scheduler does) at one of these points, counted from process start:
                        temporary file then holds the 8 MiB blocks written so far)
     publish:N          the N-th checkpoint save, after the epoch/best names are published and
                        before latest is renamed into place
+    finish:N           the N-th final status write of a run that ended well (finished, or
+                       stopped early), before it is written: the last checkpoint is on disk,
+                       the status files still say "running"
+
+and one mode that kills nothing:
+
+    trace:FILE         append "mkdir PATH", "fsync PATH" and "rename SRC DST" to FILE, in the
+                       order the process makes those calls: what a power cut would keep
+                       depends on that order (a folder is durable once its parent is fsynced)
 
 Used by the tests and bench/chaos.py to reach points that a timer would hit only by luck.
 """
@@ -108,11 +117,51 @@ def _kill_before_latest(n):
     checkpoint.save_checkpoint = save
 
 
+def _kill_before_final_status(n):
+    writes = [0]
+    original = train.Trainer.write_run_files
+
+    def write_run_files(self, state, quiet=False):
+        if state == "finished" or state.startswith("stopped early"):
+            writes[0] += 1
+            if writes[0] == n:
+                _die()
+        return original(self, state, quiet)
+
+    train.Trainer.write_run_files = write_run_files
+
+
+def _trace_durability(log_path):
+    log = open(log_path, "a", buffering=1)
+    real_mkdir, real_fsync = os.mkdir, os.fsync
+    real_rename, real_replace = os.rename, os.replace
+
+    def mkdir(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        log.write(f"mkdir {os.path.abspath(path)}\n")
+
+    def fsync(fd):
+        real_fsync(fd)
+        log.write(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}\n")
+
+    def renamer(real):
+        def rename(src, dst, *args, **kwargs):
+            real(src, dst, *args, **kwargs)
+            log.write(f"rename {os.path.abspath(src)} {os.path.abspath(dst)}\n")
+        return rename
+
+    os.mkdir, os.fsync = mkdir, fsync
+    os.rename, os.replace = renamer(real_rename), renamer(real_replace)
+
+
 def main():
+    if sys.argv[1].startswith("trace:"):
+        _trace_durability(sys.argv[1].split(":", 1)[1])
+        sys.exit(train.main(sys.argv[2:]))
     kind, *numbers = sys.argv[1].split(":")
     numbers = [int(x) for x in numbers]
     {"step": _kill_in_step, "validation": _kill_in_validation, "save": _kill_in_save,
-     "publish": _kill_before_latest}[kind](*numbers)
+     "publish": _kill_before_latest, "finish": _kill_before_final_status}[kind](*numbers)
     sys.exit(train.main(sys.argv[2:]))
 
 

@@ -7,6 +7,7 @@ the decision and load the same file.
 """
 
 import functools
+import json
 import math
 import os
 from dataclasses import asdict, replace
@@ -70,6 +71,24 @@ def prepare(explicit):
     settings = merge_settings(explicit, state["args"] if state else None)
     settings["name"], settings["checkpoint_dir"] = name, str(directory)
     return settings, run, state, source, skipped
+
+
+def ended_without_final_files(run, state, settings, procs):
+    """True when `state` ends the run (all epochs trained, or stopped early) but the run's
+    progress file does not say so: the process was killed (or the power cut) between its
+    final checkpoint and its final status write, which would otherwise say "running" forever.
+    Decided by rank 0, which alone reads the run's files."""
+    ended = state["epoch"] >= settings["epochs"] or state.get("stopped_early") is not None
+    stale = False
+    if ended and procs.main:
+        try:
+            record = json.loads(run.progress.read_text())
+            final = str(record.get("status"))
+            stale = (not (final == "finished" or final.startswith("stopped early"))
+                     or record.get("global_step") != state["global_step"])
+        except (OSError, ValueError, AttributeError):
+            stale = True   # missing or unreadable: write it
+    return bool(procs.broadcast(stale))
 
 
 def agree_on_start(explicit, procs):
@@ -161,9 +180,9 @@ def claim_run_folder(explicit, run, state, source, skipped, settings, config):
     if settings["output_dir"]:
         check_writable_folder(settings["output_dir"], "--output-dir")
     try:
-        run.directory.mkdir(parents=True, exist_ok=True)
+        ckpt.make_folders(run.directory)
         if settings["output_dir"]:
-            Path(settings["output_dir"]).mkdir(parents=True, exist_ok=True)
+            ckpt.make_folders(settings["output_dir"])
         lock = ckpt.RunLock(run.lock).acquire()
     except ckpt.RunLockedError as e:
         raise UsageError(f"run {run.name} in {run.directory} is being trained by {e}; "

@@ -416,18 +416,28 @@ def test_explicit_resume_from_a_damaged_file_is_refused(run_copy, tmp_path, kind
     assert not target.exists(), "the payload ran"
 
 
-def test_fallback_goes_latest_then_epochs_high_to_low_then_best(run_copy, tmp_path, capsys):
+def test_fallback_goes_newest_step_first_then_latest_epochs_high_to_low_best(run_copy,
+                                                                             tmp_path, capsys):
+    assert load(run_copy / "gnn_tiny_best.pt")["epoch"] == 3   # the fixture's best epoch
     for name in ("latest", "epoch3"):
         damage(run_copy / f"gnn_tiny_{name}.pt", "flipped bit", tmp_path)
     state, path, skipped = ckpt.find_resume_checkpoint(ckpt.RunFiles(run_copy, "gnn_tiny"))
-    assert path.name == "gnn_tiny_epoch2.pt" and state["epoch"] == 2
+    # best holds epoch 3 too: newer than epoch2, whatever its name.
+    assert path.name == "gnn_tiny_best.pt" and state["epoch"] == 3
     assert [p.name for p, _ in skipped] == ["gnn_tiny_latest.pt", "gnn_tiny_epoch3.pt"]
 
-    for name in ("epoch2", "epoch1"):
-        damage(run_copy / f"gnn_tiny_{name}.pt", "truncated", tmp_path)
+    damage(run_copy / "gnn_tiny_best.pt", "flipped bit", tmp_path)
     state, path, skipped = ckpt.find_resume_checkpoint(ckpt.RunFiles(run_copy, "gnn_tiny"))
-    assert path.name == "gnn_tiny_best.pt"
-    assert len(skipped) == 4
+    assert path.name == "gnn_tiny_epoch2.pt" and state["epoch"] == 2
+    assert [p.name for p, _ in skipped] == ["gnn_tiny_latest.pt", "gnn_tiny_epoch3.pt",
+                                            "gnn_tiny_best.pt"]
+
+    # Files whose step cannot even be read are tried (and named) first.
+    damage(run_copy / "gnn_tiny_epoch2.pt", "truncated", tmp_path)
+    state, path, skipped = ckpt.find_resume_checkpoint(ckpt.RunFiles(run_copy, "gnn_tiny"))
+    assert path.name == "gnn_tiny_epoch1.pt"
+    assert [p.name for p, _ in skipped][0] == "gnn_tiny_epoch2.pt" and len(skipped) == 4
+    damage(run_copy / "gnn_tiny_epoch1.pt", "truncated", tmp_path)
 
     damage(run_copy / "gnn_tiny_best.pt", "zero length", tmp_path)
     before = snapshot(tmp_path)

@@ -298,7 +298,9 @@ class Trainer(SavePoints):
         p, s = self.progress, self.settings
         self.write_run_files("running")
         self.mark_saved()
-        for epoch in range(p.epoch + 1, s["epochs"] + 1):
+        # (A run that stopped early and is only finishing its files trains nothing.)
+        last_epoch = s["epochs"] if p.stopped_early is None else p.epoch
+        for epoch in range(p.epoch + 1, last_epoch + 1):
             started = time.monotonic()
             self.train_epoch(epoch)
             if self.stop.requested:
@@ -588,12 +590,19 @@ class Trainer(SavePoints):
 def run_training(explicit, stop, procs):
     """Decide which run this is (startup.py), build it, train it; returns the exit code."""
     settings, run, state, source, skipped = startup.agree_on_start(explicit, procs)
-    if state is not None and state.get("stopped_early") is not None:
+    if state is not None and startup.ended_without_final_files(run, state, settings, procs):
+        # The run ended (its last checkpoint is on disk) but the process died before it wrote
+        # its final status (and scored --test-data): the loop below has no epoch left to
+        # train, and finishes the run's files.
+        say(f"Run {run.name} has ended (epoch {state['epoch']}, global step "
+            f"{state['global_step']}), but its status files were not brought up to date: "
+            f"writing them now")
+    elif state is not None and state.get("stopped_early") is not None:
         say(f"Run {run.name} stopped early at epoch {state['stopped_early']} (no improvement "
             f"for {state['epochs_without_improvement']} epochs): nothing to do (--fresh to "
             f"start over)")
         return EXIT_OK
-    if state is not None and state["epoch"] >= settings["epochs"]:
+    elif state is not None and state["epoch"] >= settings["epochs"]:
         say(f"Run {run.name} has already trained {state['epoch']} of {settings['epochs']} "
             f"epochs: nothing to do (raise --epochs to train further, or --fresh to start over)")
         return EXIT_OK
