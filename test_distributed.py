@@ -214,8 +214,9 @@ def test_bad_flags_are_reported_once_and_every_rank_exits_2(tmp_path):
 
 
 # Stand-ins for SLURM's commands, enough for the example scripts: `scontrol` logs what it is
-# asked (and names this machine as every node), `srun` runs its command once per node and
-# passes SIGUSR1 and SIGTERM on to them, as srun passes signals to its tasks.
+# asked (and names this machine as every node); `srun` runs its command once per node, passes
+# SIGUSR1 on to them and, like the real srun ("forcing job termination"), SIGKILLs them on
+# SIGTERM; `scancel --signal=SIG JOB.STEP` signals the step's tasks, as slurmd does.
 SCONTROL = """#!/bin/sh
 if [ "$1" = show ]; then echo localhost; else echo "$@" >> "$SCONTROL_LOG"; fi
 """
@@ -226,8 +227,9 @@ for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do
     SLURM_NODEID=$node "$@" &
     pids+=($!)
 done
+echo "${pids[@]}" > "$STEP_TASKS"
 trap 'kill -USR1 "${pids[@]}"' USR1
-trap 'kill -TERM "${pids[@]}"' TERM
+trap 'kill -KILL "${pids[@]}"' TERM
 status=0
 for pid in "${pids[@]}"; do
     while true; do
@@ -238,17 +240,21 @@ for pid in "${pids[@]}"; do
 done
 exit $status
 """
+SCANCEL = """#!/bin/sh
+kill -s "${1#--signal=}" $(cat "$STEP_TASKS")
+"""
 
 
 def slurm_environment(tmp_path, **extra):
     """Environment of a SLURM batch job on this machine, with the stand-in commands."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("scontrol", SCONTROL), ("srun", SRUN)):
+    for name, text in (("scontrol", SCONTROL), ("srun", SRUN), ("scancel", SCANCEL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     path = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]])
     return {**os.environ, "PATH": path, "SCONTROL_LOG": str(tmp_path / "scontrol.log"),
+            "STEP_TASKS": str(tmp_path / "step_tasks"),
             "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(REPO), **extra}
 
 

@@ -12,8 +12,6 @@
 #SBATCH --job-name=train
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
-#SBATCH --cpus-per-task=8
-#SBATCH --gpus-per-node=1
 #SBATCH --time=04:00:00
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@300
@@ -25,12 +23,23 @@
 #                  to save; a medium model's checkpoint takes seconds
 # --open-mode=append    a restart appends to the same log instead of truncating it
 #
-# Processes: one per GPU on the node (NPROC overrides; 1 runs plain python).
+# No GPU or CPU request here, so that the script runs on any partition (one without GPUs
+# rejects a GPU request). Add them on the command line:
+#
+#     sbatch --gpus-per-node=4 --cpus-per-task=32 examples/slurm_requeue.sh --model ...
+#
+# Processes: one per GPU that SLURM granted on the node (SLURM_GPUS_ON_NODE, else
+# SLURM_GPUS_PER_NODE), 1 without GPUs; NPROC overrides. 1 runs plain python.
 
 set -uo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
 
-nproc=${NPROC:-${SLURM_GPUS_ON_NODE:-1}}
+log() {
+    echo "$(date '+%F %T') slurm_requeue: $*"
+}
+
+gpus=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-1}}
+nproc=${NPROC:-${gpus##*:}}   # SLURM_GPUS_PER_NODE may name the type: "a100:4"
 if [ "$nproc" -gt 1 ]; then
     # torchrun (as a module: no PATH lookup) forwards SIGUSR1 to every rank and gives them
     # --shutdown-timeout seconds to save and exit before it would kill them.
@@ -40,19 +49,33 @@ else
     launch=(python)
 fi
 
-# SIGUSR1 is the time-limit warning: save, stop, requeue. SIGTERM (scancel, or preemption,
-# which SLURM requeues by itself when allowed) is passed on so that training saves, but the
-# job is not requeued from here: a cancelled job must stay cancelled.
+# SIGUSR1 is the time-limit warning: save, stop, requeue. SIGTERM makes training save and
+# stop, but the job is not requeued from here: a cancelled job must stay cancelled (and
+# preemption requeues by itself when allowed).
 requeue_after_stop=0
 pass_on() {
-    echo "$(date '+%F %T') slurm_requeue: $1 received: asking training to save and stop"
+    log "$1 received: asking training to save and stop"
     kill "-$1" "$training" 2>/dev/null
 }
+on_term() {
+    # When SLURM ends the whole job (scancel, the time limit, preemption), the job is no
+    # longer RUNNING and SLURM's SIGTERM has reached every process of it, training included:
+    # a second one from here would cut short torchrun's wait for its ranks to save. A
+    # SIGTERM to this script alone (scancel --batch), or outside SLURM, is passed on.
+    local state=""
+    if [ -n "${SLURM_JOB_ID:-}" ]; then
+        state=$(squeue --noheader --format=%T --jobs="$SLURM_JOB_ID" 2>/dev/null)
+    fi
+    if [ -z "$state" ] || [ "$state" = RUNNING ]; then
+        pass_on TERM
+    else
+        log "TERM received: SLURM is ending the job ($state) and has signalled training itself"
+    fi
+}
 trap 'requeue_after_stop=1; pass_on USR1' USR1
-trap 'pass_on TERM' TERM
+trap on_term TERM
 
-echo "$(date '+%F %T') slurm_requeue: job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}):" \
-     "${launch[*]} train.py $*"
+log "job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): ${launch[*]} train.py $*"
 "${launch[@]}" train.py "$@" &
 training=$!
 
@@ -68,9 +91,11 @@ done
 if [ "$requeue_after_stop" = 1 ] && [ "$status" -ne 0 ]; then
     # Stopped early, after saving (train.py exits 138; torchrun reports that as 1). Had the
     # save failed, the previous checkpoint is still there to resume from.
-    echo "$(date '+%F %T') slurm_requeue: training stopped with status $status; requeueing" \
-         "job ${SLURM_JOB_ID:-?}"
+    log "training stopped with status $status; requeueing job ${SLURM_JOB_ID:-?}"
+    # The requeue makes SLURM end this attempt with SIGTERM to this script: training has
+    # already exited, so there is nothing to pass on, and saying so would be false.
+    trap '' TERM USR1
     scontrol requeue "${SLURM_JOB_ID:?not running under SLURM}"
 fi
-echo "$(date '+%F %T') slurm_requeue: training exited with status $status"
+log "training exited with status $status"
 exit "$status"
