@@ -83,7 +83,7 @@ class RunFiles:
     name: str
 
     SUFFIXES = (r"latest\.pt|best\.pt|epoch\d+\.pt|progress\.json|status\.txt|samples\.fasta|"
-                r"curves\.png|transport\.png")
+                r"curves\.png|transport\.png|tensorboard")
 
     @property
     def latest(self):
@@ -115,6 +115,12 @@ class RunFiles:
     @property
     def transport_figure(self):
         return self.directory / f"{self.name}_transport.png"
+
+    @property
+    def tensorboard(self):
+        """The folder of TensorBoard event files (tensorboard_log.py), unless
+        --tensorboard-dir names another."""
+        return self.directory / f"{self.name}_tensorboard"
 
     @property
     def lock(self):

@@ -74,9 +74,13 @@ def run_state(run, progress):
 
 
 def disk_bytes(paths):
-    """Bytes the files use, counting hard links to the same data once."""
+    """Bytes the files use, counting hard links to the same data once; a folder (the
+    TensorBoard one) counts by the files in it."""
     seen, total = set(), 0
     for path in paths:
+        if path.is_dir():
+            total += disk_bytes(p for p in path.rglob("*") if p.is_file())
+            continue
         try:
             st = path.stat()
         except OSError:
@@ -85,6 +89,14 @@ def disk_bytes(paths):
             seen.add((st.st_dev, st.st_ino))
             total += st.st_size
     return total
+
+
+def tensorboard_folder(run, progress):
+    """The run's TensorBoard folder (--tensorboard-dir, else NAME_tensorboard), or None when
+    there is none on disk."""
+    named = ((progress or {}).get("args") or {}).get("tensorboard_dir")
+    folder = Path(named) if named else run.tensorboard
+    return folder if folder.is_dir() else None
 
 
 def describe_checkpoint(path):
@@ -100,12 +112,15 @@ def describe_checkpoint(path):
 def folder_report(folder):
     """One line per run in `folder`."""
     folder = Path(folder)
-    rows, total_files = [], []
+    rows, total_files, boards = [], [], []
     for name in run_names(folder):
         run = ckpt.RunFiles(folder, name)
         files = run.existing() + run.stale_temp_files()
         total_files += files
         progress = read_progress_file(run) or {}
+        board = tensorboard_folder(run, progress)
+        if board is not None:
+            boards.append(str(board))
         position = (f"{progress.get('epoch', '?')}/{progress.get('epochs', '?')}"
                     if progress else "?")
         updated = max((p.stat().st_mtime for p in files), default=None)
@@ -119,8 +134,11 @@ def folder_report(folder):
         return f"No runs in {folder}."
     header = ["run", "state", "epoch", "step", "val loss", "best val", "checkpoints", "disk",
               "updated"]
-    return (f"Runs in {folder}:\n{_table(header, rows)}\n"
+    text = (f"Runs in {folder}:\n{_table(header, rows)}\n"
             f"Total disk used: {retention.human(disk_bytes(total_files))}")
+    if boards:
+        text += f"\nTensorBoard event files in: {', '.join(boards)}"
+    return text
 
 
 def run_report(folder, name, keep_last=None, keep_every=None):
@@ -161,6 +179,9 @@ def run_report(folder, name, keep_last=None, keep_every=None):
         lines.append(f"Epoch {progress['epoch']}/{progress['epochs']}, global step "
                      f"{progress['global_step']}{best}"
                      + (f", ETA {progress['eta']}" if progress.get("eta") else ""))
+    board = tensorboard_folder(run, progress)
+    if board is not None:
+        lines.append(f"TensorBoard event files in {board} (view: tensorboard --logdir {board})")
     header = ["file", "epoch", "step", "train loss", "val loss", "role", "size", "modified",
               "verifies"]
     lines.append(_table(header, rows))

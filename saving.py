@@ -4,8 +4,8 @@ the run's progress.json and status.txt.
 
 The Trainer provides what these methods read: progress, settings, run, procs, family, config,
 model, optimizer, scheduler, scaler, dataset, saver (background_save.BackgroundSaver), clock,
-the save records (last_checkpoint, save_error, save_stalls) and its epoch geometry (n_train,
-batch_size, steps_per_epoch, steps_left).
+the save records (last_checkpoint, save_error, save_stalls), its epoch geometry (n_train,
+batch_size, steps_per_epoch, steps_left) and board (tensorboard_log's Log or Off).
 """
 
 import math
@@ -79,6 +79,9 @@ class SavePoints:
         if not self.procs.main:
             return
         self.collect_save(block=True)   # at most one write in flight
+        # TensorBoard's points up to this step reach the file before the checkpoint can: a
+        # resume from it keeps them and redoes only later steps (tensorboard_log.py).
+        self.board.flush()
         started = time.perf_counter()
         state = self.checkpoint_state()
         if rng_states is not None:

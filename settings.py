@@ -24,6 +24,8 @@ COMMON_DEFAULTS = {
     "eval_interval": 1, "eval_samples": 100, "name": None, "checkpoint_dir": "checkpoints",
     "checkpoint_frequency": 1, "checkpoint_every_steps": 0, "checkpoint_every_minutes": 10.0,
     "output_dir": None, "precision": "fp32", "keep_last": None, "keep_every": None,
+    # None: NAME_tensorboard in the checkpoint folder (tensorboard_log.py).
+    "tensorboard_dir": None,
     # A family with a choice of loss (Family.losses) sets these two in its defaults.
     "loss": None, "huber_delta": None,
     # Fixed splits instead of --data and --val-fraction; a test set scored at the end.

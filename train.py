@@ -32,6 +32,7 @@ import plots
 import report
 import run_status
 import startup
+import tensorboard_log
 import use_model
 from messages import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OK, EXIT_PEER_LOST, EXIT_SAVE_FAILED,
                       Diverged, Quiet, UsageError, check, rank_zero, say, warn)
@@ -196,6 +197,9 @@ def _add_checkpoint_flags(p):
                    help="start over: move the run's files into a dated folder first")
     g.add_argument("--output-dir", "--output_dir", metavar="DIR",
                    help="folder for sampled sequences (default: the checkpoint folder)")
+    g.add_argument("--tensorboard-dir", "--tensorboard_dir", metavar="DIR",
+                   help="folder of the TensorBoard event files, written when tensorboard is "
+                        "installed (default: NAME_tensorboard in the checkpoint folder)")
 
 
 def _add_use_and_process_flags(p):
@@ -254,8 +258,10 @@ class Trainer(SavePoints):
 
     def __init__(self, settings, run, family, config, model, optimizer, scheduler, scaler,
                  dataset, device, progress, stop, procs, compile_model=False,
-                 staging_memory=None, caveats=None):
+                 staging_memory=None, caveats=None, board=None):
         self.settings, self.run, self.family, self.config = settings, run, family, config
+        # TensorBoard's event files (tensorboard_log.py); Off writes nothing.
+        self.board = board if board is not None else tensorboard_log.Off()
         # Why this run would not resume bit-identically (the status file says); the caller
         # may add to the list while training.
         self.caveats = caveats if caveats is not None else []
@@ -377,6 +383,8 @@ class Trainer(SavePoints):
                 # Under torchrun, rank 0's checkpoint clock travels in the step's all-reduce.
                 clock_due = (self.procs.active and self.procs.main
                              and self.save_interval_passed(self.last_save_time))
+                # The rate this step uses: train_step's scheduler.step() sets the next one.
+                lr = self.optimizer.param_groups[0]["lr"]
                 loss = self.train_step(indices, clock_due)
                 p.record_step(len(indices), loss)
                 if self.procs.main and not self.saver.staging.prepared:
@@ -385,8 +393,8 @@ class Trainer(SavePoints):
                     self.saver.staging.prepare(self.checkpoint_state())
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if self.plain_progress:
-                    self.print_progress_line(epoch, bar.total, loss)
+                if self.procs.main:
+                    self.report_progress(epoch, bar.total, loss, lr)
                 if self.mid_epoch_save_due(p.global_step - self.last_save_step,
                                            self.last_save_time):
                     self.start_save()
@@ -403,6 +411,9 @@ class Trainer(SavePoints):
         self.collect_save(block=True)
         previous_best = (p.best_val_loss, p.best_epoch)
         improved = p.end_epoch(val_loss, self.scheduler.get_last_lr()[0], measures)
+        self.board.epoch(p.global_step, {
+            "val/loss": val_loss, "train/epoch_loss": p.train_loss,
+            **{f"measures/{name}": p.history[name][-1] for name in self.family.measures}})
         say(report.epoch_summary(epoch, s["epochs"], p.train_loss, val_loss,
                                  self.family.summary_parts(measures), time.monotonic() - started))
         self.write_plots()   # after the summary: its epoch time leaves out the drawing
@@ -534,14 +545,19 @@ class Trainer(SavePoints):
         in_epoch = steps_in_epoch - p.step_in_epoch
         return in_epoch, in_epoch + (self.settings["epochs"] - p.epoch - 1) * self.steps_per_epoch
 
-    def print_progress_line(self, epoch, steps_in_epoch, loss):
-        """A line each time another tenth of the epoch is done."""
+    def report_progress(self, epoch, steps_in_epoch, loss, lr):
+        """Each time another tenth of the epoch is done: the step's scalars to TensorBoard,
+        and a plain progress line when stderr is not a terminal (the bar shows it there)."""
         p = self.progress
         if p.step_in_epoch * 10 // steps_in_epoch == (p.step_in_epoch - 1) * 10 // steps_in_epoch:
             return
+        rate = self.clock.rate(p.global_step)
+        self.board.step(p.global_step, loss, lr, rate)
+        if not self.plain_progress:
+            return
         epoch_left, run_left = self.steps_left(steps_in_epoch)
         line = report.progress_line(epoch, self.settings["epochs"], p.step_in_epoch,
-                                    steps_in_epoch, loss, self.clock.rate(p.global_step),
+                                    steps_in_epoch, loss, rate,
                                     self.clock.eta_seconds(p.global_step, epoch_left),
                                     self.clock.eta_seconds(p.global_step, run_left))
         print(line, file=sys.stderr, flush=True)
@@ -627,11 +643,14 @@ def run_training(explicit, stop, procs):
           f"processes that share each batch")
     lock = startup.claim_run_folder_once(explicit, run, state, source, skipped, settings, config,
                                          procs)
+    board = None
     try:
         model, optimizer, scheduler, scaler, progress = startup.build_training_objects(
             explicit, settings, family, config, dataset, device, state, source, procs)
         if not plots.available():
             say(plots.ENABLE_HINT.replace("NAME", run.name))
+        if not tensorboard_log.available():
+            say(tensorboard_log.ENABLE_HINT.replace("NAME", run.name))
         where = f"on {device}"
         if procs.active:
             where += (f", {procs.world_size} processes under torchrun (each batch of "
@@ -640,6 +659,8 @@ def run_training(explicit, stop, procs):
             f"parameters, {where}")
         say(f"Data: {settings['data'] or 'built-in'} ({len(dataset.train)} train, "
             f"{len(dataset.val)} validation); run {run.name} in {run.directory}")
+        board = tensorboard_log.open_log(run, settings, progress.global_step,
+                                         resumed=state is not None, main=procs.main)
         if state is not None:
             # The checkpoint's tensors map its file, and the callers still hold this dict.
             # Emptied, it lets the mapping go, so that the file's blocks are freed once a save
@@ -655,10 +676,12 @@ def run_training(explicit, stop, procs):
         trainer = Trainer(settings, run, family, config, model, optimizer, scheduler, scaler,
                           dataset, device, progress, stop, procs,
                           compile_model=explicit.get("compile", False),
-                          staging_memory=staging_memory, caveats=caveats)
+                          staging_memory=staging_memory, caveats=caveats, board=board)
         with determinism.Watch(caveat):
             return train_to_the_end(trainer, procs)
     finally:
+        if board is not None:
+            board.close()   # flushes what is left, however the run ends
         if lock is not None:
             lock.release()
 
