@@ -13,6 +13,7 @@ from pathlib import Path
 
 import checkpoint as ckpt
 import retention
+import tensorboard_log
 from messages import EXIT_OK, check
 from settings import COMMON_DEFAULTS
 
@@ -94,8 +95,7 @@ def disk_bytes(paths):
 def tensorboard_folder(run, progress):
     """The run's TensorBoard folder (--tensorboard-dir, else NAME_tensorboard), or None when
     there is none on disk."""
-    named = ((progress or {}).get("args") or {}).get("tensorboard_dir")
-    folder = Path(named) if named else run.tensorboard
+    folder = Path(tensorboard_log.folder_of(run, (progress or {}).get("args") or {}))
     return folder if folder.is_dir() else None
 
 
