@@ -147,6 +147,11 @@ def test_pkd_follows_matches_and_every_match_count_occurs(records):
                 pkds.append(pkd)
                 assert abs(pkd - sb.achieved_pkd(antibody, antigen)) < 1.0
     assert set(matches) == set(range(5))
+    for antibody, antigen, _ in records:   # the right positions are the paratope's first m
+        if antigen is not None:
+            found, right = sb.paratope(antibody), sb.PARATOPES[sb.epitope_class(antigen)]
+            m = sb.paratope_matches(antibody, antigen)
+            assert found[:m] == right[:m] and all(a != b for a, b in zip(found[m:], right[m:]))
     shares = np.bincount(matches) / len(matches)
     assert np.abs(shares - sb.MATCH_SHARES).max() < 0.03   # half full binders, 0..3 evenly
     assert _spearman(pkds, matches) > 0.9   # half the records tie at 4 matches
