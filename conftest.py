@@ -18,7 +18,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # Small runs that still cover every code path; a test adds --epochs and its own flags.
 TRANSFORMER_ARGS = ("--num-samples", "160", "--batch-size", "16", "--eval-samples", "8",
                     "--checkpoint-every-minutes", "0")
-SEQ2SEQ_ARGS = ("--model", "seq2seq", "--num-samples", "120", "--batch-size", "16",
+SEQ2SEQ_ARGS = ("--model", "seq2seq", "--num-samples", "64", "--batch-size", "8",
                 "--eval-samples", "4", "--checkpoint-every-minutes", "0")
 GNN_ARGS = ("--model", "gnn", "--num-samples", "300", "--batch-size", "16",
             "--checkpoint-every-minutes", "0")

@@ -76,7 +76,7 @@ def test_two_processes_killed_with_sigkill_resume_bit_identical(tmp_path, uninte
 @pytest.mark.parametrize("model, saved_at", [
     # 270 training duplexes, 135 per rank in batches of 16 split 8 + 8: 17 steps an epoch.
     ("hgnn", "(epoch 1 step 8/"),
-    # 108 training pairs: 7 steps an epoch; records with and without conditions, and the
+    # 58 training pairs: 8 steps an epoch; records with and without conditions, and the
     # condition dropout drawn by each rank.
     ("seq2seq", "(epoch 1 step 4/")])
 def test_under_two_processes_killed_with_sigkill_resumes_bit_identical(tmp_path, model,

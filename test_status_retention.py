@@ -171,6 +171,20 @@ def test_plots_are_written_when_matplotlib_is_there(tmp_path):
         assert (tmp_path / "checkpoints" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plots_are_redrawn_at_most_every_interval_and_after_the_last_epoch(monkeypatch):
+    drawn = []   # the epochs in each drawing of the curves
+    monkeypatch.setattr(plots, "_AVAILABLE", True)
+    monkeypatch.setattr(plots, "write_curves",
+                        lambda path, history: drawn.append(history["epoch"][-1]))
+    monkeypatch.setattr(plots, "write_transport_figure", lambda *args, **kwargs: None)
+    assert run_main([*GNN_ARGS, "--epochs", 3]) == 0
+    assert drawn == [3]   # epochs 1 and 2 ended well within 30 s of the start
+    drawn.clear()
+    monkeypatch.setattr(plots, "REDRAW_INTERVAL_S", 0.0)
+    assert run_main([*GNN_ARGS, "--epochs", 5]) == 0   # resumes after epoch 3
+    assert drawn == [4, 5]
+
+
 def test_without_matplotlib_says_so_once_and_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(plots, "_AVAILABLE", False)
     assert run_main([*GNN_ARGS, "--epochs", 2]) == 0

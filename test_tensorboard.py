@@ -4,6 +4,7 @@ tensorboard."""
 
 import collections
 import os
+import shutil
 
 import pytest
 
@@ -22,6 +23,25 @@ EPOCH_TAGS = ("val/loss", "train/epoch_loss", "measures/r2_log10_T", "measures/r
               "measures/mae_log10_T", "measures/mae_log10_DOS")
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Finished runs that several tests start from, each trained once: "two epochs" (ARGS)
+    and "one epoch" (GNN_ARGS, 1 epoch): {label: (working folder, stdout)}. A test that
+    changes a run works on a copy (`copy_run`)."""
+    runs = {}
+    for label, args in (("two epochs", ARGS), ("one epoch", [*GNN_ARGS, "--epochs", 1])):
+        folder = tmp_path_factory.mktemp("trained")
+        result = run_train(args, folder)
+        assert result.returncode == 0, result.stderr
+        runs[label] = (folder, result.stdout)
+    return runs
+
+
+def copy_run(run, folder):
+    """A copy of a finished run's working folder (a `trained` entry), in `folder`."""
+    shutil.copytree(run[0], folder, dirs_exist_ok=True)
+
+
 def read_events(folder, purge=True):
     """The folder's events as TensorBoard's Python loader reads them. `purge=False` shows
     every point written, including those a later writer's purge_step hides."""
@@ -38,11 +58,10 @@ def scalars(accumulator):
             for tag in accumulator.Tags()["scalars"]}
 
 
-def test_a_run_writes_step_and_epoch_scalars_and_hparams(tmp_path):
-    result = run_train(ARGS, tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "pip install tensorboard" not in result.stdout
-    events = read_events(tmp_path / "checkpoints" / f"{RUN}_tensorboard")
+def test_a_run_writes_step_and_epoch_scalars_and_hparams(trained):
+    run, stdout = trained["two epochs"]
+    assert "pip install tensorboard" not in stdout
+    events = read_events(run / "checkpoints" / f"{RUN}_tensorboard")
     found = scalars(events)
     assert set(found) == set(STEP_TAGS + EPOCH_TAGS)
     # Every tenth of an epoch, as the progress lines: steps 2, 4, 6, 7, ... 17 of each epoch.
@@ -60,10 +79,8 @@ def test_a_run_writes_step_and_epoch_scalars_and_hparams(tmp_path):
     assert start.hparams["data"].string_value == "None"   # unset settings show as text
 
 
-def test_killed_and_resumed_run_has_the_uninterrupted_runs_scalars(tmp_path):
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    assert run_train(ARGS, reference).returncode == 0
+def test_killed_and_resumed_run_has_the_uninterrupted_runs_scalars(tmp_path, trained):
+    reference, _ = trained["two epochs"]
     folder = tmp_path / "checkpoints" / f"{RUN}_tensorboard"
     # Killed while writing its third checkpoint (step 15): latest holds step 10, and the
     # points at steps 11-14, flushed before that save began, are orphans.
@@ -92,8 +109,8 @@ def test_killed_and_resumed_run_has_the_uninterrupted_runs_scalars(tmp_path):
             assert points == expected[tag], tag
 
 
-def test_status_names_the_tensorboard_folder(tmp_path):
-    assert run_train([*GNN_ARGS, "--epochs", 1], tmp_path).returncode == 0
+def test_status_names_the_tensorboard_folder(tmp_path, trained):
+    copy_run(trained["one epoch"], tmp_path)
     folder = f"checkpoints/{RUN}_tensorboard"
     listing = run_train(["--status"], tmp_path)
     assert listing.returncode == 0, listing.stderr
@@ -104,8 +121,8 @@ def test_status_names_the_tensorboard_folder(tmp_path):
         in report.stdout
 
 
-def test_fresh_moves_the_tensorboard_folder_aside(tmp_path):
-    assert run_train([*GNN_ARGS, "--epochs", 1], tmp_path).returncode == 0
+def test_fresh_moves_the_tensorboard_folder_aside(tmp_path, trained):
+    copy_run(trained["one epoch"], tmp_path)
     again = run_train([*GNN_ARGS, "--epochs", 1, "--fresh"], tmp_path)
     assert again.returncode == 0, again.stderr
     old, = (tmp_path / "checkpoints").glob(f"{RUN}_old_*")
@@ -124,7 +141,7 @@ def test_flag_names_another_folder_kept_on_resume(tmp_path):
     assert [e.step for e in events.Scalars("val/loss")] == [17, 34]
 
 
-def test_without_tensorboard_one_hint_and_the_same_training(tmp_path):
+def test_without_tensorboard_one_hint_and_the_same_training(tmp_path, trained):
     # A package named tensorboard that cannot be imported, ahead of the real one.
     shadow = tmp_path / "shadow" / "tensorboard"
     shadow.mkdir(parents=True)
@@ -140,8 +157,7 @@ def test_without_tensorboard_one_hint_and_the_same_training(tmp_path):
                      f"tensorboard to get event files in {RUN}_tensorboard/)"]
     assert not (without / "checkpoints" / f"{RUN}_tensorboard").exists()
     # Logging changes nothing that training computes (no RNG drawn, no state touched).
-    assert run_train([*GNN_ARGS, "--epochs", 1], tmp_path).returncode == 0
-    assert_same_run(load(tmp_path / "checkpoints" / f"{RUN}_latest.pt"),
+    assert_same_run(load(trained["one epoch"][0] / "checkpoints" / f"{RUN}_latest.pt"),
                     load(without / "checkpoints" / f"{RUN}_latest.pt"))
 
 

@@ -291,6 +291,7 @@ class Trainer(SavePoints):
         self.saver = background_save.BackgroundSaver(staging_memory)
         self.save_stalls = []   # seconds the loop was blocked by each save
         self.clock = report.RunClock(progress.global_step)
+        self.plots_drawn_at = time.monotonic()   # as if drawn at start (see write_plots)
         # A bar for a terminal; plain lines (no carriage returns) for a log file.
         self.plain_progress = procs.main and not sys.stderr.isatty()
         self.batch_size = settings["batch_size"]
@@ -416,17 +417,18 @@ class Trainer(SavePoints):
             **{f"measures/{name}": p.history[name][-1] for name in self.family.measures}})
         say(report.epoch_summary(epoch, s["epochs"], p.train_loss, val_loss,
                                  self.family.summary_parts(measures), time.monotonic() - started))
-        self.write_plots()   # after the summary: its epoch time leaves out the drawing
+        patience = s["early_stopping"]
+        if patience and p.epochs_without_improvement >= patience and epoch < s["epochs"]:
+            p.stopped_early = epoch
+        last = epoch == s["epochs"] or p.stopped_early is not None
+        # After the summary: its epoch time leaves out the drawing.
+        self.write_plots(always=last or self.stop.requested)
         if improved:
             was = "" if previous_best[0] is None else f" (was {previous_best[0]:.4f})"
             say(f"New best validation loss: {val_loss:.4f}{was}")
         extra = [self.run.epoch(epoch)] if epoch % s["checkpoint_frequency"] == 0 else []
         if improved:
             extra.append(self.run.best)
-        patience = s["early_stopping"]
-        if patience and p.epochs_without_improvement >= patience and epoch < s["epochs"]:
-            p.stopped_early = epoch
-        last = epoch == s["epochs"] or p.stopped_early is not None
         self.start_save(extra, previous_best if improved else None, final=last)
         self.mark_saved()
         if not (last or self.stop.requested):
@@ -562,12 +564,15 @@ class Trainer(SavePoints):
                                     self.clock.eta_seconds(p.global_step, run_left))
         print(line, file=sys.stderr, flush=True)
 
-    def write_plots(self):
+    def write_plots(self, always):
         """NAME_curves.png (the losses, and validity and diversity where sampled) and the
         family's own figures. Written by rank 0 when matplotlib is installed; a failure only
-        warns."""
-        if not (self.procs.main and plots.available()):
+        warns. Redrawn at most every plots.REDRAW_INTERVAL_S seconds unless `always` (the run's
+        last epoch, or a stop)."""
+        due = time.monotonic() - self.plots_drawn_at >= plots.REDRAW_INTERVAL_S
+        if not (self.procs.main and (always or due) and plots.available()):
             return
+        self.plots_drawn_at = time.monotonic()
         out_dir = self.evaluation.out_dir
         try:
             plots.write_curves(out_dir / self.run.curves.name, self.progress.history)
