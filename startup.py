@@ -7,7 +7,6 @@ the decision and load the same file.
 """
 
 import functools
-import json
 import math
 import os
 from dataclasses import asdict, replace
@@ -23,6 +22,7 @@ import models
 import retention
 from messages import EXIT_BAD_INPUT, Quiet, UsageError, check, say, warn
 from run_state import Progress
+from run_status import read_progress_file
 from settings import (COMMON_DEFAULTS, OVERRIDABLE, check_writable_folder, identity_conflicts,
                       merge_settings)
 
@@ -81,13 +81,13 @@ def ended_without_final_files(run, state, settings, procs):
     ended = state["epoch"] >= settings["epochs"] or state.get("stopped_early") is not None
     stale = False
     if ended and procs.main:
-        try:
-            record = json.loads(run.progress.read_text())
+        record = read_progress_file(run)
+        if not isinstance(record, dict):
+            stale = True   # missing or unreadable: write it
+        else:
             final = str(record.get("status"))
             stale = (not (final == "finished" or final.startswith("stopped early"))
                      or record.get("global_step") != state["global_step"])
-        except (OSError, ValueError, AttributeError):
-            stale = True   # missing or unreadable: write it
     return bool(procs.broadcast(stale))
 
 
