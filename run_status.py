@@ -123,7 +123,7 @@ def folder_report(folder):
             boards.append(str(board))
         position = (f"{progress.get('epoch', '?')}/{progress.get('epochs', '?')}"
                     if progress else "?")
-        updated = max((p.stat().st_mtime for p in files), default=None)
+        updated = max((st.st_mtime for st in map(_stat, files) if st), default=None)
         rows.append([name, run_state(run, progress or None), position,
                      progress.get("global_step", "?"), _loss(progress.get("val_loss")),
                      _loss(progress.get("best_val_loss")),
@@ -156,18 +156,22 @@ def run_report(folder, name, keep_last=None, keep_every=None):
     candidates = run.resume_candidates()
     for path in candidates:
         epoch, step, train_loss, val_loss, verified = describe_checkpoint(path)
+        st = _stat(path)
+        if st is None:
+            continue   # pruned by the live run after the folder was listed
         roles = [role for role, named in (("latest", run.latest), ("best", run.best))
                  if path == named]
         # A save publishes its names as hard links to one file: say which are the same data.
         roles += [f"= {role}" for role, named, inode in (("latest", run.latest, latest_inode),
                                                          ("best", run.best, best_inode))
                   if path != named and inode is not None and _inode(path) == inode]
-        st = path.stat()
         rows.append([path.name, "-" if epoch is None else epoch, "-" if step is None else step,
                      _loss(train_loss), _loss(val_loss), ", ".join(roles) or "-",
                      retention.human(st.st_size), _age(now - st.st_mtime), verified])
     for path in temps:
-        st = path.stat()
+        st = _stat(path)
+        if st is None:
+            continue   # the live run's write finished (renamed into place) meanwhile
         rows.append([path.name, "-", "-", "-", "-", "temporary", retention.human(st.st_size),
                      _age(now - st.st_mtime), "a write in progress, or left by a killed "
                                               "writer (removed at the next start)"])
@@ -206,12 +210,18 @@ def run_report(folder, name, keep_last=None, keep_every=None):
     return "\n".join(lines)
 
 
-def _inode(path):
+def _stat(path):
+    """The file's stat, or None when it is gone: while --status reads, a live run renames
+    its temporary files into place and prunes old epoch files."""
     try:
-        st = path.stat()
-        return st.st_dev, st.st_ino
-    except OSError:
+        return path.stat()
+    except FileNotFoundError:
         return None
+
+
+def _inode(path):
+    st = _stat(path)
+    return None if st is None else (st.st_dev, st.st_ino)
 
 
 def show(explicit):

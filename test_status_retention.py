@@ -92,6 +92,27 @@ def test_status_while_a_run_trains(tmp_path):
     assert "latest" in status.stdout
 
 
+def test_status_skips_files_that_a_live_run_removes_while_it_reads(damaged_run, monkeypatch,
+                                                                  capsys):
+    # The folder is listed first and each file read after: meanwhile a live run renames its
+    # temporary file into place and retention prunes an epoch file. Both must simply drop out
+    # of the report (CI once saw the temporary file's stat fail with a traceback).
+    gone_temp = damaged_run / ".gnn_tiny_latest.pt.tmp-999999"
+    gone_epoch = damaged_run / "gnn_tiny_epoch0.pt"
+    listed_temps = ckpt.RunFiles.stale_temp_files
+    listed_candidates = ckpt.RunFiles.resume_candidates
+    monkeypatch.setattr(ckpt.RunFiles, "stale_temp_files",
+                        lambda run: listed_temps(run) + [gone_temp])
+    monkeypatch.setattr(ckpt.RunFiles, "resume_candidates",
+                        lambda run: listed_candidates(run) + [gone_epoch])
+    assert run_main(["--status", "--checkpoint-dir", damaged_run, "--name", "gnn_tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "gnn_tiny_latest.pt" in out and ".gnn_tiny_latest.pt.tmp-424242" in out
+    assert gone_temp.name not in out and gone_epoch.name not in out
+    assert run_main(["--status", "--checkpoint-dir", damaged_run]) == 0
+    assert re.search(r"gnn_tiny\s+finished\s+3/3\s+51", capsys.readouterr().out)
+
+
 def test_kept_epochs():
     assert retention.kept_epochs([1, 2, 3, 4, 5], None, None) == {1, 2, 3, 4, 5}
     assert retention.kept_epochs([1, 2, 3, 4, 5], 2, None) == {4, 5}
