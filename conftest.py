@@ -49,13 +49,18 @@ def run_train(args, cwd, fault=None, timeout=300, nproc=1, env=None):
 
 
 def children(pid):
-    """Process ids of the children of `pid`, from /proc (Linux)."""
+    """Process ids of the children of `pid`, from each process's parent in /proc (Linux).
+    Not /proc/PID/task/*/children, which the kernel fills reliably only for stopped
+    processes: CI once saw it leave out a running torchrun worker."""
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:   # the thread ended meanwhile
-            pass
+            # "PID (COMMAND) STATE PPID ...": the command may hold spaces and parentheses.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:   # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
     return found
 
 
