@@ -277,15 +277,15 @@ def load_dataset(family, settings, config, state, source):
 def reserve_staging_memory(state, config, device, procs):
     """Start paging in the memory of the background writer's snapshot buffers, beside the
     rest of start-up (background_save.PagedInMemory): the state's own size on a resume, else
-    a checkpoint's estimated size. None where no such buffers are needed: on the ranks that
-    do not save, and for a GPU state, whose buffers are pinned memory from CUDA."""
-    if not procs.main or device.type != "cpu":
+    a checkpoint's estimated size; on a GPU, pinned for its copies. None on the ranks that do
+    not save, which need no such buffers."""
+    if not procs.main:
         return None
     if state is not None:
         nbytes = background_save.staged_nbytes(state)
     else:
         nbytes = estimated_checkpoint_bytes(config)
-    return background_save.PagedInMemory(nbytes)
+    return background_save.PagedInMemory(nbytes, device if device.type == "cuda" else None)
 
 
 @functools.cache

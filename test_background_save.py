@@ -29,11 +29,6 @@ def _odd_state():
                                        torch.ones(3, dtype=torch.bool), torch.randn(5).half()]}
 
 
-def _span(memory):
-    base = torch.frombuffer(memory, dtype=torch.uint8).data_ptr()
-    return base, base + len(memory)
-
-
 def test_snapshot_is_a_copy_that_training_cannot_change():
     state = trained_state()
     staging = background_save.StagingBuffers()
@@ -73,7 +68,7 @@ def test_buffers_are_carved_from_reserved_memory_each_its_own_storage_same_file(
         assert memory is not None and len(memory) == size
         staging = background_save.StagingBuffers(types.SimpleNamespace(take=lambda: memory))
         staging.prepare(state)
-        start, end = _span(memory)
+        start, end = background_save.memory_span(memory)
         buffers = sorted((b for b in staging._buffers.values() if b.numel()),
                          key=lambda b: b.data_ptr())
         inside = [start <= b.data_ptr() < end for b in buffers]
@@ -87,6 +82,41 @@ def test_buffers_are_carved_from_reserved_memory_each_its_own_storage_same_file(
     staging = background_save.StagingBuffers(types.SimpleNamespace(take=lambda: None))
     staging.prepare(state)
     assert _saved(staging.snapshot(state)) == on_demand
+
+
+def test_memory_for_a_gpu_state_is_pinned_on_the_page_in_thread(monkeypatch):
+    """For a GPU run the reserved memory is registered with CUDA (exactly the state's bytes,
+    not torch's power-of-two pinned blocks) by the page-in thread, for the training device;
+    where that fails the run goes on, and only then do GPU buffers come from torch. (No GPU
+    here: the registration itself is stood in for; bench/gpu_check.py checks it on a GPU.)"""
+    state = _odd_state()
+    needed = background_save.staged_nbytes(state)
+    calls = []
+
+    def page_lock(memory, device):
+        calls.append((threading.current_thread().name, len(memory), device))
+        return device.index == 1
+
+    monkeypatch.setattr(background_save, "page_lock", page_lock)
+    for index, pinned in ((1, True), (0, False)):
+        reserved = background_save.PagedInMemory(needed, torch.device("cuda", index))
+        staging = background_save.StagingBuffers(reserved)
+        staging.prepare(state)
+        assert reserved.page_locked is pinned
+        assert calls[-1] == ("staging-page-in", needed, torch.device("cuda", index))
+        # Registered memory is counted whole; unregistered memory pins nothing.
+        assert staging.pinned_nbytes == (needed if pinned else 0)
+        start, end = background_save.memory_span(staging._pinned_memory) if pinned else (0, 0)
+        assert all(start <= b.data_ptr() < end for b in staging._buffers.values()
+                   if b.numel()) is pinned
+    # A CPU run never asks CUDA.
+    background_save.PagedInMemory(needed).take()
+    assert len(calls) == 2
+
+
+def test_pinning_without_cuda_fails_quietly():
+    memory = background_save.PagedInMemory(1 << 20).take()
+    assert background_save.page_lock(memory, torch.device("cuda")) is False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
@@ -122,7 +152,7 @@ def test_a_run_stages_its_snapshots_in_the_memory_reserved_at_start_up(tmp_path,
     assert run_main([*args, "--epochs", "2"]) == 0
     assert len(taken) == len(prepared) == 2
     for memory, buffers in zip(taken, prepared):
-        start, end = _span(memory)
+        start, end = background_save.memory_span(memory)
         assert buffers and all(start <= b.data_ptr() < end for b in buffers)
 
 
