@@ -2,6 +2,7 @@
 
     python bench/bench_checkpoint.py            # 4.8 minutes on 2 CPU cores with lightning (its run: 65 s)
     python bench/bench_checkpoint.py --smoke    # every code path on the tiny model, 30 s
+    python bench/bench_checkpoint.py --device cuda [--smoke]   # the same on one NVIDIA GPU
 
 Measured in one run, on the medium transformer (44M parameters; model + AdamW state 531 MB):
 
@@ -18,6 +19,15 @@ Measured in one run, on the medium transformer (44M parameters; model + AdamW st
   bar or metrics (each step's best over a few epochs, plus the loop's time outside its steps);
 - if `lightning` is installed (optional): the same training under Lightning with its
   ModelCheckpoint saving at the same steps (bench/lightning_baseline.py).
+
+With --device cuda every train.py run gets --device cuda, and the state, the bare loop and
+its batches live on the GPU as in train.py. A save's snapshot is then a device-to-host copy:
+the copy floor copies into pinned host buffers (non_blocking) and waits for the GPU before
+reading the clock, and every timed step ends with torch.cuda.synchronize() (train.py's
+loss.item() waits for the forward only). The table adds each run's peak GPU memory
+(max_memory_allocated), the machine line names the GPU, and the Lightning comparison is
+skipped (bench/lightning_baseline.py trains on the CPU). No figures on a GPU have been
+measured yet by this project: the numbers in README.md and docs/ are the CPU's.
 
 Prints a table, then last:
     stall_vs_copy=X stall_vs_sync=Y overhead=Z% resume_vs_fresh=W throughput_vs_bare=V
@@ -62,9 +72,11 @@ SMOKE = {"run": ["--config", "tiny", "--num-samples", "44", "--batch-size", "2",
 def child_train(args, saving):
     """Run train.py's main in this process; print as JSON the run's wall time (start-up
     included) and its loop's, and the duration of each step with whether a background write
-    was in flight during it."""
+    was in flight during it; on a GPU also the run's peak GPU memory."""
+    import torch
     import families
     import train
+    on_cuda = _device_of(args) == "cuda"
     if not saving:
         train.Trainer.start_save = lambda self, *a, **k: None
         train.Trainer.collect_save = lambda self, block: True
@@ -79,6 +91,11 @@ def child_train(args, saving):
         writing = self.saver.in_flight
         started = time.perf_counter()
         result = original_step(self, *args)
+        # On a GPU train_step returns with its backward and optimizer step still queued (its
+        # loss.item() waits for the forward only): waited for here, each step's time is its
+        # own, and neither the next step nor a save's stall counts it. The runs with and
+        # without saving wait alike.
+        _synchronize(on_cuda)
         timing["steps"].append((time.perf_counter() - started, writing or self.saver.in_flight))
         return result
 
@@ -87,8 +104,8 @@ def child_train(args, saving):
     if saving:
         # The floor, measured in the same run at the same moments: just before each save (no
         # write running), one plain copy_ of the same state into a second set of kept,
-        # pre-touched buffers.
-        import torch
+        # pre-touched buffers (from a GPU, pinned host memory as the snapshot's: see
+        # _host_buffer).
         original_start = train.Trainer.start_save
         kept = {}
         timing["copy_s"] = []
@@ -98,10 +115,10 @@ def child_train(args, saving):
             measuring = time.perf_counter()
             tensors = list(_tensors(self.checkpoint_state()))
             if len(kept) != len(tensors):
-                kept.update({i: torch.empty_like(t).zero_() for i, t in enumerate(tensors)})
+                kept.update({i: _host_buffer(t).zero_() for i, t in enumerate(tensors)})
+            _synchronize(on_cuda)   # nothing queued before it counts in the copy
             started = time.perf_counter()
-            for i, t in enumerate(tensors):
-                kept[i].copy_(t)
+            _copy_into(kept.values(), tensors, on_cuda)
             timing["copy_s"].append(time.perf_counter() - started)
             # This measurement is not part of saving: its time comes off the training time.
             timing["measuring_s"] += time.perf_counter() - measuring
@@ -130,7 +147,10 @@ def child_train(args, saving):
     code = train.main(args)
     # The whole run, start-up included: saving pages in its buffers' memory during start-up.
     timing["train_s"] = time.perf_counter() - main_started - timing["measuring_s"]
-    measuring = sum(t.numel() * t.element_size() for t in kept.values()) if saving else 0
+    measuring = _host_nbytes(kept.values(), on_cuda) if saving else 0
+    if on_cuda:
+        # The floor's buffers are host memory: none of this is theirs.
+        timing["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 1e6
     print(json.dumps({"code": code, "peak_rss_mb": (peak_rss() - measuring) / 1e6, **timing}))
 
 
@@ -142,6 +162,49 @@ def _timed(method, durations):
         finally:
             durations.append(time.perf_counter() - started)
     return timed
+
+
+def _device_of(args):
+    """The --device of a train.py argument list (the parent always gives one)."""
+    return args[args.index("--device") + 1]
+
+
+def _synchronize(on_cuda):
+    """Wait for the work queued on the GPU, so that the clock read next includes it. On the
+    CPU there is nothing to wait for: an operation's work is done when it returns."""
+    if on_cuda:
+        import torch
+        torch.cuda.synchronize()
+
+
+def _host_buffer(tensor):
+    """An empty host buffer for a copy of `tensor`. For a CUDA tensor it is pinned, as
+    StagingBuffers' are: a device-to-host copy into pageable memory goes through a staging
+    buffer of the driver and cannot run asynchronously, so it would not be what a save does."""
+    import torch
+    if tensor.is_cuda:
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=True)
+    return torch.empty_like(tensor)
+
+
+def _copy_into(buffers, tensors, on_cuda):
+    """The floor of a snapshot: one copy_ of each tensor into its kept buffer. From a GPU the
+    copies are queued (non_blocking, into pinned memory) and then waited for: a snapshot is
+    only taken once its bytes are on the host."""
+    for buffer, tensor in zip(buffers, tensors):
+        buffer.copy_(tensor, non_blocking=on_cuda)
+    _synchronize(on_cuda)
+
+
+def _host_nbytes(buffers, on_cuda):
+    """Host memory that `buffers` hold. Pinned ones (on a GPU, the copies of its tensors; not
+    of AdamW's `step` counts, which stay on the CPU) come from PyTorch's caching host
+    allocator, which rounds each block up to a power of two and pins (so holds) all of it."""
+    total = 0
+    for buffer in buffers:
+        n = buffer.numel() * buffer.element_size()
+        total += 1 << (n - 1).bit_length() if on_cuda and n and buffer.is_pinned() else n
+    return total
 
 
 def child_lightning(args, every_n_steps):
@@ -163,9 +226,11 @@ def child_first_step(args):
     """Start train.py's main and exit at its first training step; the parent times it."""
     import train
     original = train.Trainer.train_step
+    on_cuda = _device_of(args) == "cuda"
 
     def first(self, *args):
         original(self, *args)
+        _synchronize(on_cuda)   # the end of the step: its backward and optimizer step done
         print("FIRST_STEP", flush=True)
         os._exit(0)
 
@@ -180,18 +245,38 @@ def child_throughput(model_args, attempts):
     from moments of noise. So each loop's epoch time is built from its best duration of each
     step (the same batch in every attempt) plus its best time outside the steps (the progress
     bar, the stop and save checks of train.py: the loop's own cost). Measured this way, both
-    loops' costs are kept and a moment of noise in one attempt is not."""
+    loops' costs are kept and a moment of noise in one attempt is not.
+
+    On a GPU both loops wait for the GPU at the end of each timed step (torch.cuda.synchronize
+    before the clock is read), so that each step's time is its whole work in both. train.py's
+    step alone would not be comparable: its loss.item() waits for the forward only, so its
+    backward and optimizer step would be counted in the next step, and the last step's in
+    no step at all. The wait keeps train.py's bookkeeping between steps from overlapping the
+    GPU's work, which counts against train.py if anything."""
     import torch
     import data
+    import determinism
     import families
     import models
     import settings as run_settings
     import startup
     import train
 
+    explicit = run_settings.explicit_flags(train.build_parser().parse_args(model_args))
+    device = torch.device(explicit["device"])
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        # train.py's kernel settings for both loops from the first attempt on: train.main
+        # sets them for the whole process, so the first bare epoch would otherwise run
+        # without them, and on a GPU deterministic kernels differ in speed. (cuBLAS reads its
+        # workspace setting before any CUDA work: set here, first.) On the CPU the bench
+        # measures as it always has.
+        determinism.configure(True)
+
     def bare_epoch(settings, config, dataset):
+        # Built, moved and fed as train.py does (startup.build_training_objects, train_step).
         torch.manual_seed(settings["seed"])
-        model = models.build_model(config)
+        model = models.build_model(config).to(device)
         families.get(config.model).prepare_fresh_model(model, dataset)
         steps = math.ceil(len(dataset.train) / settings["batch_size"])
         optimizer, scheduler = startup.build_optimizer(model, settings, steps)
@@ -201,12 +286,15 @@ def child_throughput(model_args, attempts):
         started = time.perf_counter()
         for start in range(0, len(order), settings["batch_size"]):
             step_started = time.perf_counter()
-            loss, _ = model.loss(dataset.data.batch(order[start:start + settings["batch_size"]]))
+            batch = dataset.data.batch(order[start:start + settings["batch_size"]])
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            loss, _ = model.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
             optimizer.step()
             scheduler.step()
+            _synchronize(on_cuda)
             durations.append(time.perf_counter() - step_started)
         return time.perf_counter() - started, durations
 
@@ -221,6 +309,7 @@ def child_throughput(model_args, attempts):
             if not marks:
                 marks.append(started)
             result = original(self, *args)
+            _synchronize(on_cuda)
             marks[1:] = [time.perf_counter()]
             durations.append(marks[1] - started)
             return result
@@ -239,7 +328,6 @@ def child_throughput(model_args, attempts):
         steps = [min(times) for times in zip(*(durations for _, durations in epochs))]
         return sum(steps) + min(wall - sum(durations) for wall, durations in epochs)
 
-    explicit = run_settings.explicit_flags(train.build_parser().parse_args(model_args))
     settings = run_settings.merge_settings(explicit, None)
     config = models.get_config(settings["model"], settings["config"])
     family = families.get(config.model)
@@ -293,8 +381,9 @@ def time_to_first_step(args, repeats=2):
     return min(times)
 
 
-def trained_state(size):
-    """The transformer's full checkpoint state (config `size`) after one AdamW step."""
+def trained_state(size, device="cpu"):
+    """The transformer's full checkpoint state (config `size`) after one AdamW step, its
+    tensors on `device` as in a run there (startup.build_training_objects, train_step)."""
     import torch
     import checkpoint as ckpt
     import antibody
@@ -303,34 +392,34 @@ def trained_state(size):
     from dataclasses import asdict
     torch.manual_seed(0)
     config = models.get_config("transformer", size)
-    model = models.build_model(config)
+    model = models.build_model(config).to(device)
     optimizer, scheduler = startup.build_optimizer(
         model, {"lr": 1e-4, "weight_decay": 0.01, "warmup_steps": 10, "lr_schedule": "constant",
                 "epochs": 1}, 100)
     batch = antibody.SequenceData(antibody.synthetic_antibodies(2, 0), config.max_len).batch(
         torch.arange(2))
-    model.loss(batch)[0].backward()
+    model.loss({k: v.to(device) for k, v in batch.items()})[0].backward()
     optimizer.step()
     scheduler.step()
     return {"epoch": 0, "model_state_dict": model.state_dict(),
             "optimizer_state_dict": optimizer.state_dict(),
             "scheduler_state_dict": scheduler.state_dict(), "config": asdict(config),
-            "rng_state": ckpt.capture_rng_state(), "format_version": ckpt.FORMAT_VERSION}
+            "rng_state": ckpt.capture_rng_state(device), "format_version": ckpt.FORMAT_VERSION}
 
 
-def measure_copy_and_sync(folder, size):
-    import torch
+def measure_copy_and_sync(folder, size, device="cpu"):
     import background_save
     import checkpoint as ckpt
-    state = trained_state(size)
+    on_cuda = device == "cuda"
+    state = trained_state(size, device)
     tensors = [t for t in _tensors(state)]
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
-    kept = [torch.empty_like(t) for t in tensors]
+    kept = [_host_buffer(t) for t in tensors]
     copy_times = []
+    _synchronize(on_cuda)   # the training step's queued work is not the copy's
     for _ in range(7):
         started = time.perf_counter()
-        for buffer, tensor in zip(kept, tensors):
-            buffer.copy_(tensor)
+        _copy_into(kept, tensors, on_cuda)
         copy_times.append(time.perf_counter() - started)
     staging = background_save.StagingBuffers()
     staging.snapshot(state)
@@ -338,6 +427,9 @@ def measure_copy_and_sync(folder, size):
     for _ in range(7):
         started = time.perf_counter()
         staging.snapshot(state)
+        # snapshot returns once its side streams' device-to-host copies are done (fill
+        # synchronizes them); a whole-device wait, as the floor's, makes sure of it.
+        _synchronize(on_cuda)
         snapshot_times.append(time.perf_counter() - started)
     sync_times = []
     for i in range(3):
@@ -364,11 +456,24 @@ def _tensors(value):
             yield from _tensors(v)
 
 
+def cuda_visible():
+    """Whether torch sees a CUDA device; quietly (torch warns when a driver is there but
+    unusable, and the refusal is one line)."""
+    import warnings
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.cuda.is_available()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true",
                         help="run every measurement on the tiny model, briefly (a test of the "
                              "benchmark, not a measurement)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where train.py and every measurement run (default cpu; cuda: "
+                             "one NVIDIA GPU, the first visible)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
@@ -380,7 +485,13 @@ def main():
         if kind == "lightning":
             return child_lightning(json.loads(rest[0]), int(rest[1]))
         return child_throughput(json.loads(rest[0]), int(rest[1]))
+    if options.device == "cuda" and not cuda_visible():
+        print("bench_checkpoint: --device cuda: no CUDA device is visible here", file=sys.stderr)
+        raise SystemExit(2)
     plan = SMOKE if options.smoke else FULL
+    # Every train.py run gets the device: its default, auto, would take a GPU where there is
+    # one, whatever the bench's own measurements run on.
+    run = [*plan["run"], "--device", options.device]
     try:
         import lightning  # noqa: F401
         have_lightning = True
@@ -390,7 +501,7 @@ def main():
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        base = measure_copy_and_sync(work, plan["config"])
+        base = measure_copy_and_sync(work, plan["config"], options.device)
         phases = {"copy and sync": time.monotonic() - started}
 
         # Identical runs here differ by up to 5% (more than the effect measured): the saving
@@ -399,7 +510,7 @@ def main():
         runs = {"saving": [], "nosave": []}
         for attempt, kind in enumerate(("nosave", "saving", "nosave")):
             folder = work / f"{kind}{attempt}"
-            args = [*plan["run"], "--epochs", "1", "--checkpoint-dir", str(folder)]
+            args = [*run, "--epochs", "1", "--checkpoint-dir", str(folder)]
             if kind == "saving":
                 args += ["--checkpoint-every-steps", str(plan["save_every"])]
             result = run_child("train", json.dumps(args), kind)
@@ -414,28 +525,32 @@ def main():
 
         # Resume: the saving run's epoch-1 checkpoint, continued to epoch 2; fresh: a new run.
         repeats = plan["first_step_repeats"]
-        resume_s = time_to_first_step([*plan["run"], "--epochs", "2", "--checkpoint-dir",
+        resume_s = time_to_first_step([*run, "--epochs", "2", "--checkpoint-dir",
                                        str(save_dir)], repeats)
-        fresh_s = time_to_first_step([*plan["run"], "--epochs", "2", "--checkpoint-dir",
+        fresh_s = time_to_first_step([*run, "--epochs", "2", "--checkpoint-dir",
                                       str(work / "fresh")], repeats)
         phases["resume"] = time.monotonic() - started - sum(phases.values())
 
         # A few epochs each: the shorter the measurement, the more a moment of noise weighs.
-        tput = {model: run_child("throughput", json.dumps(args), str(attempts))
+        tput = {model: run_child("throughput", json.dumps([*args, "--device", options.device]),
+                                 str(attempts))
                 for model, args, attempts in plan["throughput"]}
         phases["throughput"] = time.monotonic() - started - sum(phases.values())
 
         lightning_run = None
-        if have_lightning:
+        # bench/lightning_baseline.py trains on the CPU (accelerator="cpu"): against a GPU
+        # run it would compare devices, not saving. The table says it was skipped.
+        if have_lightning and options.device == "cpu":
             lightning_run = run_child("lightning", json.dumps(plan["run"]),
                                       str(plan["save_every"]))
             phases["lightning"] = time.monotonic() - started - sum(phases.values())
 
     import torch
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if options.device == "cuda" else ""
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}")
     rows, figures = report(base, runs, stall, resume_s, fresh_s, tput, lightning_run,
-                           have_lightning, plan["save_every"])
+                           have_lightning, plan["save_every"], options.device)
     width = max(len(r[0]) for r in rows)
     print(f"| {'measure':{width}} | value |")
     print(f"|{'-' * (width + 2)}|-------|")
@@ -447,7 +562,7 @@ def main():
 
 
 def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_lightning,
-           save_every):
+           save_every, device="cpu"):
     """The table's rows and the last line's figures."""
     with_saves = runs["saving"][0]
     train_s = with_saves["train_s"]
@@ -490,15 +605,17 @@ def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_light
     accounted = slowed + outside + final_wait
     rss_saving = with_saves["peak_rss_mb"]
     rss_nosave = max(r["peak_rss_mb"] for r in runs["nosave"])
+    on_cuda = device == "cuda"
     resume_vs_fresh = resume_s / fresh_s
     ratios = {m: t["bare_s"] / t["ours_s"] for m, t in tput.items()}
     snapshot_mb = base["state_bytes"] / 1e6
     all_nosave = " / ".join(f"{r['train_s']:.1f}" for r in runs["nosave"])
+    kept = "kept pinned host buffers" if on_cuda else "kept buffers"
     rows = [
         ("transformer state (model + AdamW)", f"{snapshot_mb:.0f} MB "
                                               f"(file {base['file_bytes'] / 1e6:.0f} MB)"),
-        ("copy_ into kept buffers (quiet process)", f"{1000 * base['copy_s']:.1f} ms"),
-        ("copy_ into kept buffers (in the training run, just before each save)",
+        (f"copy_ into {kept} (quiet process)", f"{1000 * base['copy_s']:.1f} ms"),
+        (f"copy_ into {kept} (in the training run, just before each save)",
          f"{1000 * copy_in_run:.1f} ms"),
         ("StagingBuffers.snapshot (same, walking the state)",
          f"{1000 * base['snapshot_s']:.1f} ms"),
@@ -525,6 +642,7 @@ def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_light
         ("peak RSS of the training process: saving / no saving",
          f"{rss_saving:.0f} MB / {rss_nosave:.0f} MB (+{rss_saving - rss_nosave:.0f} MB; "
          f"snapshot {snapshot_mb:.0f} MB)"),
+        *gpu_memory_rows(runs, on_cuda),
         ("process start to first step: resume / fresh", f"{resume_s:.2f} s / {fresh_s:.2f} s"),
         ("transformer tiny: train.py / bare tokens/s",
          f"{tput['transformer']['units'] / tput['transformer']['ours_s']:.0f} / "
@@ -535,8 +653,13 @@ def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_light
          f"{tput['gnn']['units'] / tput['gnn']['bare_s']:.0f} ({ratios['gnn']:.3f})"),
     ]
     if lightning_run is None:
-        rows.append(("Lightning ModelCheckpoint, same steps",
-                     "skipped: lightning is not installed" if not have_lightning else "-"))
+        if not have_lightning:
+            why = "skipped: lightning is not installed"
+        elif on_cuda:
+            why = "skipped on --device cuda: bench/lightning_baseline.py trains on the CPU"
+        else:
+            why = "-"
+        rows.append(("Lightning ModelCheckpoint, same steps", why))
     else:
         saves = lightning_run["saves_s"]
         ours = with_saves["loop_s"] - sum(with_saves["eval_s"])
@@ -554,6 +677,16 @@ def report(base, runs, stall, resume_s, fresh_s, tput, lightning_run, have_light
                "overhead": f"{overhead:.1f}%", "resume_vs_fresh": f"{resume_vs_fresh:.2f}",
                "throughput_vs_bare": f"{min(ratios.values()):.3f}"}
     return rows, figures
+
+
+def gpu_memory_rows(runs, on_cuda):
+    """On a GPU, the training runs' peak GPU memory; nothing on the CPU."""
+    if not on_cuda:
+        return []
+    saving = runs["saving"][0]["peak_gpu_mb"]
+    nosave = max(r["peak_gpu_mb"] for r in runs["nosave"])
+    return [("peak GPU memory of the training process (max_memory_allocated): saving / "
+             "no saving", f"{saving:.0f} MB / {nosave:.0f} MB ({saving - nosave:+.0f} MB)")]
 
 
 if __name__ == "__main__":
