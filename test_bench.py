@@ -31,9 +31,10 @@ def test_gpu_check_runs_every_check_in_a_dry_run_on_the_cpu():
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[-1] == "gpu_checks=7 passed=7", proc.stdout
+    assert lines[-1] == "gpu_checks=9 passed=9", proc.stdout
     for name in ("identical gnn", "identical transformer", "resume gnn", "resume transformer",
-                 "precision-fp16 gnn", "to-cpu gnn", "determinism gnn"):
+                 "precision-fp16 gnn", "to-cpu gnn", "determinism gnn", "two-process gnn",
+                 "killed rank gnn"):
         assert any(line.startswith(f"PASS {name}:") for line in lines), name
     if not torch.cuda.is_available():
         proc = subprocess.run([sys.executable, script], capture_output=True, text=True)
