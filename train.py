@@ -246,7 +246,9 @@ def _add_use_and_process_flags(p):
     g = p.add_argument_group("several processes (under torchrun)")
     g.add_argument("--dist-timeout", "--dist_timeout", type=float, metavar="MINUTES",
                    help="a process that waits this long for the others gives up with exit "
-                        f"code 4 (default {DIST_TIMEOUT_MINUTES:g}); given per run, not stored")
+                        f"code 4 (default {DIST_TIMEOUT_MINUTES:g}; over gloo. Under NCCL "
+                        "PyTorch's watchdog is expected to end it instead: docs/gpu.md); given "
+                        "per run, not stored")
 
 
 # --------------------------------------------------------------------------------------------
