@@ -174,10 +174,10 @@ class StagingBuffers:
         the first snapshot copies into memory that is already mapped.
 
         The buffers are carved from the `reserved` memory, each its own storage (torch.save
-        writes a tensor's whole storage); what does not fit there (or every buffer, without
-        it, or for a GPU state, which needs pinned memory) is allocated and paged in here,
-        which blocks the loop. A GPU tensor's buffer is carved from the memory only when that
-        memory is pinned (`PagedInMemory.page_locked`)."""
+        writes a tensor's whole storage). A GPU tensor's buffer needs pinned memory: it is
+        carved only when the memory is pinned (`PagedInMemory.page_locked`). What is not
+        carved (what does not fit, every buffer without the memory, GPU buffers where it
+        could not be pinned) is allocated and paged in here, which blocks the loop."""
         reserved, self._reserved = self._reserved, None
         memory = reserved.take() if reserved is not None else None
         pinned = memory is not None and getattr(reserved, "page_locked", False)
