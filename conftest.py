@@ -3,7 +3,6 @@ checkpoints tensor by tensor."""
 
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import process_tree
 
 REPO = Path(__file__).resolve().parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -34,10 +35,7 @@ def train_command(args, fault=None, nproc=1):
     `nproc` > 1, train.py under torchrun on this machine (gloo on CPU)."""
     if fault:
         return [sys.executable, str(REPO / "fault_injection.py"), fault, *map(str, args)]
-    if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={nproc}", str(REPO / "train.py"), *map(str, args)]
-    return [sys.executable, str(REPO / "train.py"), *map(str, args)]
+    return [*process_tree.launcher(nproc), str(REPO / "train.py"), *map(str, args)]
 
 
 def run_train(args, cwd, fault=None, timeout=300, nproc=1, env=None):
@@ -46,27 +44,6 @@ def run_train(args, cwd, fault=None, timeout=300, nproc=1, env=None):
     return subprocess.run(train_command(args, fault, nproc), cwd=cwd, capture_output=True,
                           text=True, timeout=timeout,
                           env=None if env is None else {**os.environ, **env})
-
-
-def children(pid):
-    """Process ids of the children of `pid`, from each process's parent in /proc (Linux).
-    Not /proc/PID/task/*/children, which the kernel fills reliably only for stopped
-    processes: CI once saw it leave out a running torchrun worker."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # "PID (COMMAND) STATE PPID ...": the command may hold spaces and parentheses.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:   # the process ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def descendants(pid):
-    found = children(pid)
-    return found + [d for child in found for d in descendants(child)]
 
 
 class TrainProcess:
@@ -112,11 +89,7 @@ class TrainProcess:
     def kill_all(self):
         """SIGKILL to the process and all its descendants at once (torchrun starts each rank
         in a session of its own), as a scheduler that kills the job's cgroup does."""
-        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        process_tree.kill_tree(self.proc.pid)
 
     def finish(self, timeout=300):
         """Wait for the exit; returns the exit code."""

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import checkpoint as ckpt
+from process_tree import rank_pids
 from conftest import (GNN_ARGS, MODEL_ARGS, REPO, RUN_NAME, TRANSFORMER_ARGS, TrainProcess,
-                      assert_same_run, children, load, run_train)
+                      assert_same_run, load, run_train)
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(),
                                 reason="finds each rank's process through /proc (Linux)")
@@ -27,16 +28,6 @@ TRANSFORMER_2P = (*TRANSFORMER_ARGS, "--batch-size", "13", "--epochs", "2",
                   "--checkpoint-every-steps", "3")
 # Long enough (169 steps an epoch) that a signal lands well inside the first epoch.
 LONG_GNN = (*GNN_ARGS, "--num-samples", "3000", "--epochs", "1", "--checkpoint-every-steps", "20")
-
-
-def rank_pids(torchrun_pid):
-    """{rank: pid} of the workers torchrun started, from /proc."""
-    ranks = {}
-    for pid in children(torchrun_pid):
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        rank = next(v for v in env if v.startswith(b"RANK="))
-        ranks[int(rank[5:])] = pid
-    return ranks
 
 
 def exit_codes_reported_by_torchrun(output):

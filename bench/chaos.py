@@ -22,7 +22,6 @@ The last line printed is
 import argparse
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 import checkpoint as ckpt  # noqa: E402
+import process_tree  # noqa: E402
 
 RUNS = {
     # Long enough that K kills land before the run ends; mid-epoch saves every few steps.
@@ -66,29 +66,8 @@ def same(a, b):
 
 
 def command(args, folder, nproc=1):
-    launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return [*launcher, str(REPO / "train.py"), *args, "--checkpoint-dir", str(folder)]
-
-
-def kill_tree(pid):
-    """SIGKILL `pid` and all its descendants (torchrun starts each rank in its own session,
-    so a process group kill would miss them)."""
-    pids, frontier = [pid], [pid]
-    while frontier:
-        parent = frontier.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                found = [int(c) for c in (task / "children").read_text().split()]
-            except FileNotFoundError:
-                continue
-            pids += found
-            frontier += found
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    return [*process_tree.launcher(nproc), str(REPO / "train.py"), *args, "--checkpoint-dir",
+            str(folder)]
 
 
 def run_once_and_kill(args, folder, delay, nproc):
@@ -115,7 +94,7 @@ def run_once_and_kill(args, folder, delay, nproc):
             proc.wait(timeout=delay)
             finished_early = True
         except subprocess.TimeoutExpired:
-            kill_tree(proc.pid)
+            process_tree.kill_tree(proc.pid)
             proc.wait()
     reader.join()
     output = "".join(lines)

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import checkpoint as ckpt  # noqa: E402
+import process_tree  # noqa: E402
 
 # Small runs: two epochs, mid-epoch saves every 4 steps, the kill inside epoch 2 (300
 # samples: 270 train, 17 steps an epoch; a dry run has 100: 90, 6 steps).
@@ -57,21 +58,13 @@ COMPARED = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", 
             "global_step", "step_in_epoch", "train_loss", "val_loss")
 
 
-def launcher(nproc):
-    """The command that starts train.py: python, or torchrun with `nproc` processes."""
-    if nproc == 1:
-        return [sys.executable]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}"]
-
-
 def train(args, folder, fault=None, env=None, nproc=1):
     """Run train.py (or fault_injection.py with a kill point) in `folder`, under torchrun
     when `nproc` > 1 (every rank then dies at the kill point); CompletedProcess."""
     folder.mkdir(parents=True, exist_ok=True)
     script = [str(REPO / "fault_injection.py"), fault] if fault else [str(REPO / "train.py")]
-    return subprocess.run([*launcher(nproc), *script, *map(str, args)], cwd=folder,
-                          capture_output=True, text=True, timeout=900,
+    return subprocess.run([*process_tree.launcher(nproc), *script, *map(str, args)],
+                          cwd=folder, capture_output=True, text=True, timeout=900,
                           env={**os.environ, **(env or {})})
 
 
@@ -119,8 +112,9 @@ class Check:
         folder = self.work / f"{model}-{tag}-killed"
         killed = train(self.args(model, *extra), folder, fault=self.kill_at, nproc=nproc)
         # torchrun exits 1 and names each rank's exit code (-9: SIGKILL) in its report.
-        if (killed.returncode != -9 if nproc == 1 else
-                not re.search(r"exitcode\s+:\s*-9 ", killed.stderr)):
+        was_killed = (killed.returncode == -9 if nproc == 1
+                      else re.search(r"exitcode\s+:\s*-9 ", killed.stderr) is not None)
+        if not was_killed:
             raise RuntimeError(f"the kill at {self.kill_at} did not happen "
                                f"(exit {killed.returncode})")
         resumed = train(self.args(model, *extra), folder, nproc=nproc)
@@ -179,20 +173,6 @@ def checkpoint_cost(check):
                  f"exit {result.returncode}: {result.stderr.strip().splitlines()[-1:]}")
 
 
-def rank_pid(torchrun_pid, rank):
-    """The process id of torchrun's worker with RANK=`rank`, from /proc (Linux): a child of
-    torchrun (by the parent in its stat) started with that variable."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            environment = (stat.parent / "environ").read_bytes().split(b"\0")
-        except OSError:   # the process ended meanwhile
-            continue
-        if parent == torchrun_pid and f"RANK={rank}".encode() in environment:
-            return int(stat.parent.name)
-    raise RuntimeError(f"no rank {rank} under torchrun process {torchrun_pid}")
-
-
 def killed_rank(check):
     """Rank 1 SIGKILLed mid-run: rank 0 must end with exit 4 and its one line, the last
     checkpoint intact."""
@@ -201,9 +181,9 @@ def killed_rank(check):
     args = [*RUNS["gnn"], "--num-samples", check.cost_samples, "--epochs", "5",
             "--checkpoint-every-steps", "4", "--checkpoint-every-minutes", "0",
             "--device", check.device, "--dist-timeout", "1"]
-    proc = subprocess.Popen([*launcher(2), str(REPO / "train.py"), *args], cwd=folder,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen([*process_tree.launcher(2), str(REPO / "train.py"), *args],
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     output = []
     for line in proc.stdout:
         output.append(line)
@@ -212,13 +192,13 @@ def killed_rank(check):
     else:
         proc.wait()
         raise RuntimeError(f"the run ended before epoch 2 (exit {proc.returncode})")
-    os.kill(rank_pid(proc.pid, 1), signal.SIGKILL)
+    os.kill(process_tree.rank_pids(proc.pid)[1], signal.SIGKILL)
     killed_at = time.monotonic()
     try:
         # --dist-timeout is 1 minute: a rank 0 still there after 2 has hung.
         output.append(proc.communicate(timeout=120)[0])
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        process_tree.kill_tree(proc.pid)
         proc.communicate()
         raise RuntimeError("rank 0 was still running 120 s after rank 1 was killed "
                            "(--dist-timeout 1 minute)") from None
