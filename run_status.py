@@ -82,9 +82,8 @@ def disk_bytes(paths):
         if path.is_dir():
             total += disk_bytes(p for p in path.rglob("*") if p.is_file())
             continue
-        try:
-            st = path.stat()
-        except OSError:
+        st = _stat(path)
+        if st is None:
             continue
         if (st.st_dev, st.st_ino) not in seen:
             seen.add((st.st_dev, st.st_ino))
